@@ -1,0 +1,154 @@
+"""Command line: parse -> config -> call one function -> print / exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import ToolchainError
+
+app = typer.Typer(
+    name="edge-toolchain",
+    help="Take a trained Keras model to edge devices: export, verify, benchmark, report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(width=None if sys.stdout.isatty() else 140)
+err = Console(stderr=True)
+STATE = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"edge-toolchain {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
+    STATE["debug"] = debug
+
+
+@app.command()
+def run(
+    pipeline: Annotated[Path, typer.Argument(help="Pipeline config (TOML).")],
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default: output.dir of the config).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Run a pipeline: export, verify, benchmark and report."""
+    from .config import load_config
+    from .pipeline import run_pipeline
+
+    config, raw = load_config(pipeline)
+    result = run_pipeline(config, raw, out_dir, console=err, quiet=quiet)
+    _print_summary(result, quiet)
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")] = Path("demo-run"),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Train a small CNN on the bundled digits data and run the whole pipeline on it."""
+    from .config import load_config
+    from .demo import write_demo_inputs
+    from .pipeline import run_pipeline
+
+    out_dir = out_dir.resolve()
+    with err.status("[bold]training the demo CNN on scikit-learn's digits[/] …"):
+        pipeline = write_demo_inputs(out_dir / "source")
+    if not quiet:
+        err.print(f"[green]✓[/] trained the demo model: {pipeline.parent / 'digits_cnn.keras'}")
+    config, raw = load_config(pipeline)
+    result = run_pipeline(config, raw, out_dir, console=err, quiet=quiet)
+    _print_summary(result, quiet)
+
+
+@app.command()
+def inspect(
+    file: Annotated[Path, typer.Argument(help="A .keras, .h5, .tflite or .onnx file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    trust_model: Annotated[bool, typer.Option("--trust-model", help="Allow Lambda layers (runs code from the file).")] = False,
+) -> None:
+    """Show a model file's inputs, outputs (with quantization), ops and size."""
+    from .artifact_info import describe
+
+    info = describe(file, trust=trust_model)
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    out.print(f"[bold]{info['path']}[/]  {info['format']}, {info['bytes']:,} bytes, sha256 {info['sha256'][:16]}…")
+    for title in ("inputs", "outputs"):
+        table = Table(title=title, title_justify="left")
+        for column in ("name", "shape", "dtype", "quantization"):
+            table.add_column(column)
+        for t in info[title]:
+            q = t.get("quantization")
+            table.add_row(t["name"], str(t["shape"]), t["dtype"],
+                          "—" if not q else f"scale {q['scale']}, zero point {q['zero_point']}")
+        out.print(table)
+    ops = ", ".join(
+        op["name"] + (f" v{op['version']}" if "version" in op else "")
+        + (f" ×{op['count']}" if "count" in op else "")
+        + (f" [{op['kind']}]" if op.get("kind") not in (None, "builtin") else "")
+        for op in info["ops"]
+    )
+    out.print(f"[bold]ops[/] ({len(info['ops'])}): {ops}")
+    if "opset" in info:
+        out.print(f"[bold]opset[/]: {info['opset']}")
+    if info.get("metadata"):
+        out.print(f"[bold]metadata[/]: {info['metadata']}")
+
+
+def _print_summary(result: Any, quiet: bool) -> None:
+    from .stages.report import COLUMNS, summary_rows
+
+    rows = summary_rows(result.manifest)
+    table = Table(title="edge-toolchain run")
+    keep = [(k, t) for k, t in COLUMNS if k not in ("format",)]
+    for _, title in keep:
+        table.add_column(title)
+    for row in rows:
+        table.add_row(*[row[k] for k, _ in keep])
+    out.print(table)
+    out.print(f"run directory: {result.run_dir}")
+    out.print(f"manifest:      {result.run_dir / 'manifest.json'}")
+    if result.report:
+        out.print(f"report:        {result.report}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is first imported
+    try:
+        app(args=argv if argv is not None else sys.argv[1:], prog_name="edge-toolchain")
+    except SystemExit as e:  # typer/click: usage errors exit 2, --help and --version 0
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except ToolchainError as e:
+        if STATE["debug"]:
+            import traceback
+
+            traceback.print_exception(e)
+        err.print("[bold red]error:[/] ", end="")
+        err.print(str(e), highlight=False, soft_wrap=True, markup=False)
+        return e.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

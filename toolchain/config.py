@@ -1,0 +1,329 @@
+"""Pipeline config (TOML) -> validated models.
+
+Unknown keys are errors that name the full key path and the nearest valid key;
+wrong types name the expected type; relative paths resolve against the config
+file's folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+TFLITE_RECIPES = ("fp32",)
+ONNX_RECIPES = ("fp32",)
+DEFAULT_ONNX_OPSET = 17  # onnxruntime >= 1.14 and every tflite-era device image run opset 17
+
+
+# TOML has no path type: accept strings for paths, strictly typed everywhere else.
+PathValue = Annotated[Path, Field(strict=False)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+
+class ModelSection(Section):
+    path: PathValue
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    trust: bool = False
+
+
+class DataSection(Section):
+    eval: PathValue | None = None
+    labels_key: str = "y"
+    samples: int = Field(default=200, ge=1, le=1_000_000)
+
+
+class TFLiteExportSection(Section):
+    recipes: list[Literal[TFLITE_RECIPES]] = Field(default_factory=lambda: ["fp32"], min_length=1)
+
+
+class OnnxExportSection(Section):
+    recipes: list[Literal[ONNX_RECIPES]] = Field(default_factory=lambda: ["fp32"], min_length=1)
+    opset: int = Field(default=DEFAULT_ONNX_OPSET, ge=13, le=21)
+
+
+class ExportSection(Section):
+    formats: list[Literal["tflite", "onnx"]] = Field(
+        default_factory=lambda: ["tflite", "onnx"], min_length=1
+    )
+    batch_size: int = Field(default=1, ge=1, le=4096)
+    tflite: TFLiteExportSection = Field(default_factory=TFLiteExportSection)
+    onnx: OnnxExportSection = Field(default_factory=OnnxExportSection)
+
+    @field_validator("formats")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("each format may appear only once")
+        return v
+
+
+class Tolerance(Section):
+    max_abs_error: float | None = Field(default=None, ge=0)
+    min_cosine: float | None = Field(default=None, ge=-1, le=1)
+    min_top1_agreement: float | None = Field(default=None, ge=0, le=1)
+
+
+class VerifySection(Section):
+    enabled: bool = True
+    samples: int = Field(default=100, ge=1, le=100_000)
+    tolerances: dict[str, Tolerance] = Field(default_factory=dict)
+
+    @field_validator("tolerances")
+    @classmethod
+    def _known_recipes(cls, v: dict[str, Tolerance]) -> dict[str, Tolerance]:
+        known = sorted(set(TFLITE_RECIPES) | set(ONNX_RECIPES))
+        for key in v:
+            if key not in known:
+                raise ValueError(f"unknown recipe {key!r}{_did_you_mean(key, known)}")
+        return v
+
+
+class BenchSection(Section):
+    enabled: bool = True
+    targets: list[str] = Field(default_factory=lambda: ["local"], min_length=1)
+    threads: list[int] = Field(default_factory=lambda: [1], min_length=1)
+    warmup_runs: int = Field(default=5, ge=0)
+    warmup_seconds: float = Field(default=0.2, ge=0)
+    min_runs: int = Field(default=50, ge=1)
+    min_seconds: float = Field(default=1.0, ge=0)
+    max_seconds: float = Field(default=30.0, gt=0)
+    timeout_seconds: float = Field(default=300.0, gt=0)
+
+    @field_validator("threads")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(t < 1 for t in v):
+            raise ValueError("thread counts must be >= 1")
+        return v
+
+
+class ReportSection(Section):
+    enabled: bool = True
+
+
+class OutputSection(Section):
+    dir: PathValue = Path("run")
+
+
+class PipelineConfig(Section):
+    model: ModelSection
+    data: DataSection = Field(default_factory=DataSection)
+    export: ExportSection = Field(default_factory=ExportSection)
+    verify: VerifySection = Field(default_factory=VerifySection)
+    bench: BenchSection = Field(default_factory=BenchSection)
+    report: ReportSection = Field(default_factory=ReportSection)
+    output: OutputSection = Field(default_factory=OutputSection)
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name or self.model.path.stem
+
+
+def load_config(path: str | Path) -> tuple[PipelineConfig, dict[str, Any]]:
+    """Read and validate a pipeline file. Returns the model and the raw TOML dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"pipeline config not found: {path} (give the path to a .toml file)")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    config = parse_config(raw, source=str(path))
+    return resolve_paths(config, path.parent.resolve()), raw
+
+
+def parse_config(raw: dict[str, Any], source: str = "pipeline config") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {format_validation_error(e, PipelineConfig)}") from e
+
+
+def resolve_paths(config: PipelineConfig, base: Path) -> PipelineConfig:
+    def resolve(p: Path | None) -> Path | None:
+        if p is None:
+            return None
+        p = p.expanduser()
+        return p if p.is_absolute() else (base / p).resolve()
+
+    config.model.path = resolve(config.model.path)
+    config.data.eval = resolve(config.data.eval)
+    config.output.dir = resolve(config.output.dir)
+    return config
+
+
+def config_sha256(raw: dict[str, Any]) -> str:
+    canonical = json.dumps(raw, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# ---- error formatting -------------------------------------------------------
+
+_TYPE_NAMES = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "dict_type": "a table",
+    "model_type": "a table",
+    "path_type": "a path string",
+}
+
+
+def format_validation_error(error: ValidationError, root: type[BaseModel]) -> str:
+    """One line per problem, each naming the full key path."""
+    lines = []
+    for err in error.errors():
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join(loc) or "(top level)"
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            valid = _valid_keys_at(root, err["loc"][:-1])
+            lines.append(f"unknown key '{key}'{_did_you_mean(loc[-1], valid)}")
+        elif kind == "missing":
+            lines.append(f"missing required key '{key}'")
+        elif kind in _TYPE_NAMES or kind.endswith("_type"):
+            expected = _TYPE_NAMES.get(kind, kind.removesuffix("_type"))
+            got = err.get("input")
+            lines.append(
+                f"'{key}' must be {expected}, got {got!r} ({type(got).__name__})"
+            )
+        elif kind == "literal_error":
+            expected = err.get("ctx", {}).get("expected", "")
+            lines.append(f"'{key}' must be one of {expected}, got {err.get('input')!r}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"'{key}': {msg} (got {err.get('input')!r})")
+    return "; ".join(lines)
+
+
+def _valid_keys_at(root: type[BaseModel], loc: tuple) -> list[str]:
+    model: Any = root
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+        field = model.model_fields.get(str(part))
+        if field is None:
+            # dict[str, Model]: the part is a user key, keep the value model
+            continue
+        model = _model_of(field.annotation)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def _model_of(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) is not None:
+        for arg in reversed(get_args(annotation)):
+            found = _model_of(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _did_you_mean(word: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.5)
+    if close:
+        return f" (did you mean '{close[0]}'?)"
+    if candidates:
+        return f" (valid keys: {', '.join(candidates)})"
+    return ""
+
+
+# ---- target profiles ----------------------------------------------------------
+
+class ConnectionSection(Section):
+    kind: Literal["local"] = "local"
+    python: str | None = None  # the device's python; None = the interpreter running us
+
+
+class RuntimeSection(Section):
+    tflite_backend: Literal["auto", "ai_edge_litert", "tflite_runtime", "tensorflow"] = "auto"
+    tflite_version: str | None = None
+    onnxruntime_version: str | None = None
+    max_onnx_opset: int | None = Field(default=None, ge=7, le=30)
+
+
+class HardwareSection(Section):
+    arch: str | None = None
+    cores: int | None = Field(default=None, ge=1)
+    ram_mb: int | None = Field(default=None, ge=1)
+    peak_gflops: float | None = Field(default=None, gt=0)
+    memory_bandwidth_gbs: float | None = Field(default=None, gt=0)
+
+
+class TargetProfile(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    connection: ConnectionSection = Field(default_factory=ConnectionSection)
+    runtime: RuntimeSection = Field(default_factory=RuntimeSection)
+    hardware: HardwareSection = Field(default_factory=HardwareSection)
+    threads: list[int] = Field(default_factory=lambda: [1], min_length=1)
+
+
+def builtin_profiles_dir() -> Path:
+    """The shipped profiles: `toolchain/profiles` when installed, `targets/` in a checkout."""
+    from importlib import resources
+
+    try:
+        folder = Path(str(resources.files("toolchain.profiles")))
+        if folder.is_dir():
+            return folder
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parent.parent / "targets"
+
+
+def load_profile(path: Path) -> TargetProfile:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"target profile {path}: not valid TOML: {e}") from e
+    raw.setdefault("name", path.stem)
+    try:
+        profile = TargetProfile.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"target profile {path}: {format_validation_error(e, TargetProfile)}") from e
+    if profile.name != path.stem:
+        raise ConfigError(
+            f"target profile {path}: 'name' is {profile.name!r} but the file is {path.name}; "
+            "make them agree"
+        )
+    return profile
+
+
+def list_profiles(extra_dirs: list[Path] | None = None) -> dict[str, Path]:
+    """Profile name -> file. User folders override shipped profiles of the same name."""
+    found: dict[str, Path] = {}
+    for folder in [builtin_profiles_dir(), *(extra_dirs or [])]:
+        if not folder.is_dir():
+            raise ConfigError(f"target profile folder not found: {folder}")
+        for file in sorted(folder.glob("*.toml")):
+            found[file.stem] = file
+    return found
+
+
+def find_profile(name: str, extra_dirs: list[Path] | None = None) -> TargetProfile:
+    profiles = list_profiles(extra_dirs)
+    if name not in profiles:
+        raise ConfigError(
+            f"unknown target '{name}'{_did_you_mean(name, sorted(profiles))}; "
+            f"known targets: {', '.join(sorted(profiles))}"
+        )
+    return load_profile(profiles[name])

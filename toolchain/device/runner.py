@@ -1,0 +1,647 @@
+"""edge-toolchain device runner: one self-contained file, copied to a device and run there.
+
+Needs Python >= 3.9, numpy (1.x or 2.x) and one inference backend: ai_edge_litert,
+tflite_runtime or tensorflow.lite for .tflite files; onnxruntime for .onnx files.
+Imports nothing else from edge-toolchain.
+
+Usage:
+    python runner.py REQUEST.json      # request from a file
+    python runner.py '{"model": ...}'  # request inline
+    python runner.py -                 # request on stdin
+
+The request is a JSON object:
+    model           path of the .tflite or .onnx file (required)
+    mode            "benchmark" (default), "infer" or "probe"
+    backend         "auto" (default) or one of BACKENDS
+    threads         inference threads (default 1)
+    warmup_runs, warmup_seconds, min_runs, min_seconds, max_seconds
+    inputs          .npz file keyed by input name (default: random data)
+    outputs         infer mode: .npz path to write outputs to
+    dequantize      infer mode: quantize float inputs / dequantize outputs (default true)
+    seed            seed of the random inputs (default 0)
+
+One JSON object is printed on stdout: {"ok": true, ...} or {"ok": false, "error": {...}}.
+Logs go to stderr. Exit codes: 0 ok, 1 inference failed, 2 bad request, 3 backend missing.
+"""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+RUNNER_PROTOCOL = 1
+BACKENDS = ("ai_edge_litert", "tflite_runtime", "tensorflow", "onnxruntime")
+TFLITE_BACKENDS = ("ai_edge_litert", "tflite_runtime", "tensorflow")
+BACKEND_PACKAGES = {
+    "ai_edge_litert": "ai-edge-litert",
+    "tflite_runtime": "tflite-runtime",
+    "tensorflow": "tensorflow",
+    "onnxruntime": "onnxruntime",
+}
+DEFAULTS = {
+    "mode": "benchmark",
+    "backend": "auto",
+    "threads": 1,
+    "warmup_runs": 5,
+    "warmup_seconds": 0.2,
+    "min_runs": 50,
+    "min_seconds": 1.0,
+    "max_seconds": 30.0,
+    "inputs": None,
+    "outputs": None,
+    "dequantize": True,
+    "seed": 0,
+}
+
+
+class RunnerError(Exception):
+    def __init__(self, kind, message, exit_code=1):
+        super().__init__(message)
+        self.kind = kind
+        self.exit_code = exit_code
+
+
+def log(message):
+    sys.stderr.write("[runner] %s\n" % message)
+    sys.stderr.flush()
+
+
+# ---- request -----------------------------------------------------------------
+
+def parse_request(argv, stdin):
+    if len(argv) != 2:
+        raise RunnerError("bad_request", "usage: runner.py REQUEST.json | JSON | -", 2)
+    arg = argv[1]
+    if arg == "-":
+        text = stdin.read()
+    elif arg.lstrip().startswith("{"):
+        text = arg
+    else:
+        try:
+            with open(arg) as f:
+                text = f.read()
+        except OSError as e:
+            raise RunnerError("bad_request", "cannot read request file %s: %s" % (arg, e), 2)
+    try:
+        request = json.loads(text)
+    except ValueError as e:
+        raise RunnerError("bad_request", "request is not valid JSON: %s" % e, 2)
+    return validate_request(request)
+
+
+def validate_request(request):
+    if not isinstance(request, dict):
+        raise RunnerError("bad_request", "request must be a JSON object", 2)
+    unknown = sorted(set(request) - set(DEFAULTS) - {"model"})
+    if unknown:
+        raise RunnerError("bad_request", "unknown request keys: %s" % ", ".join(unknown), 2)
+    if not isinstance(request.get("model"), str) or not request["model"]:
+        raise RunnerError("bad_request", "request needs 'model': the path of a .tflite or .onnx file", 2)
+    merged = dict(DEFAULTS)
+    merged.update(request)
+    if merged["mode"] not in ("benchmark", "infer", "probe"):
+        raise RunnerError("bad_request", "mode must be benchmark, infer or probe", 2)
+    if merged["backend"] != "auto" and merged["backend"] not in BACKENDS:
+        raise RunnerError("bad_request", "backend must be auto or one of %s" % ", ".join(BACKENDS), 2)
+    for key in ("threads", "warmup_runs", "min_runs", "seed"):
+        value = merged[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise RunnerError("bad_request", "%s must be a non-negative integer" % key, 2)
+    if merged["threads"] < 1 or merged["min_runs"] < 1:
+        raise RunnerError("bad_request", "threads and min_runs must be >= 1", 2)
+    for key in ("warmup_seconds", "min_seconds", "max_seconds"):
+        value = merged[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value != value:
+            raise RunnerError("bad_request", "%s must be a non-negative number" % key, 2)
+    if merged["max_seconds"] <= 0:
+        raise RunnerError("bad_request", "max_seconds must be > 0", 2)
+    for key in ("inputs", "outputs"):
+        if merged[key] is not None and not isinstance(merged[key], str):
+            raise RunnerError("bad_request", "%s must be a path string or null" % key, 2)
+    if merged["mode"] == "infer" and not merged["outputs"]:
+        raise RunnerError("bad_request", "infer mode needs 'outputs': an .npz path to write", 2)
+    if not isinstance(merged["dequantize"], bool):
+        raise RunnerError("bad_request", "dequantize must be true or false", 2)
+    return merged
+
+
+# ---- memory and environment ----------------------------------------------------
+
+def memory_kib():
+    """Current and peak resident set size of this process, in KiB."""
+    current = peak = None
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    current = int(line.split()[1])
+                elif line.startswith("VmHWM:"):
+                    peak = int(line.split()[1])
+    except OSError:
+        pass
+    if peak is None:
+        import resource
+
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = maxrss // 1024 if sys.platform == "darwin" else maxrss
+    return {"rss_kib": current, "peak_rss_kib": peak}
+
+
+def read_text(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def cpu_model():
+    text = read_text("/proc/cpuinfo") or ""
+    fields = {}
+    for line in text.splitlines():
+        if ":" in line:
+            key, value = line.split(":", 1)
+            fields.setdefault(key.strip().lower(), value.strip())
+    for key in ("model name", "model", "hardware", "cpu part"):
+        if fields.get(key):
+            return fields[key]
+    return platform.processor() or None
+
+
+def temperatures_c():
+    temps = {}
+    base = "/sys/class/thermal"
+    try:
+        zones = sorted(z for z in os.listdir(base) if z.startswith("thermal_zone"))
+    except OSError:
+        return temps
+    for zone in zones:
+        raw = read_text(os.path.join(base, zone, "temp"))
+        kind = read_text(os.path.join(base, zone, "type")) or zone
+        try:
+            temps[kind] = int(raw) / 1000.0
+        except (TypeError, ValueError):
+            continue
+    return temps
+
+
+def throttled_flags():
+    """Raspberry Pi firmware throttling flags (vcgencmd), or None where not readable."""
+    try:
+        out = subprocess.run(
+            ["vcgencmd", "get_throttled"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if "=" not in out:
+        return None
+    try:
+        value = int(out.split("=", 1)[1], 16)
+    except ValueError:
+        return None
+    return {
+        "raw": hex(value),
+        "under_voltage_now": bool(value & 0x1),
+        "freq_capped_now": bool(value & 0x2),
+        "throttled_now": bool(value & 0x4),
+        "soft_temp_limit_now": bool(value & 0x8),
+        "throttled_since_boot": bool(value & 0x40000),
+    }
+
+
+def environment(backend_name, backend_version, threads):
+    import numpy
+
+    governor = read_text("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
+    return {
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "release": platform.release(),
+        "hostname": platform.node(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "governor": governor,
+        "temperatures_c": temperatures_c(),
+        "throttled": throttled_flags(),
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "backend": backend_name,
+        "backend_version": backend_version,
+        "threads": threads,
+    }
+
+
+# ---- backends ------------------------------------------------------------------
+
+def import_backend(name):
+    if name == "ai_edge_litert":
+        from ai_edge_litert import interpreter as module
+
+        import ai_edge_litert
+
+        return module.Interpreter, getattr(ai_edge_litert, "__version__", None) or _dist_version("ai-edge-litert")
+    if name == "tflite_runtime":
+        from tflite_runtime import interpreter as module
+
+        import tflite_runtime
+
+        return module.Interpreter, getattr(tflite_runtime, "__version__", None) or _dist_version("tflite-runtime")
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        return tf.lite.Interpreter, tf.__version__
+    if name == "onnxruntime":
+        import onnxruntime
+
+        return onnxruntime, onnxruntime.__version__
+    raise RunnerError("bad_request", "unknown backend %s" % name, 2)
+
+
+def _dist_version(dist):
+    try:
+        from importlib import metadata
+
+        return metadata.version(dist)
+    except Exception:
+        return None
+
+
+def pick_backend(model_path, requested):
+    is_onnx = model_path.lower().endswith(".onnx")
+    candidates = ("onnxruntime",) if is_onnx else TFLITE_BACKENDS
+    if requested != "auto":
+        if requested not in candidates:
+            raise RunnerError(
+                "bad_request",
+                "backend %s cannot run %s files" % (requested, "ONNX" if is_onnx else "TFLite"),
+                2,
+            )
+        candidates = (requested,)
+    errors = []
+    for name in candidates:
+        try:
+            module, version = import_backend(name)
+            return name, module, version
+        except ImportError as e:
+            errors.append("%s: %s" % (name, e))
+    packages = " or ".join(BACKEND_PACKAGES[c] for c in candidates)
+    raise RunnerError(
+        "backend_missing",
+        "no inference backend for %s on this device's Python (%s); install %s (tried: %s)"
+        % (model_path, sys.executable, packages, "; ".join(errors)),
+        3,
+    )
+
+
+class TFLiteModel:
+    def __init__(self, interpreter_class, path, threads):
+        self.interpreter = interpreter_class(model_path=path, num_threads=threads)
+        self.interpreter.allocate_tensors()
+        inputs = outputs = None
+        try:
+            signatures = self.interpreter.get_signature_list()
+        except Exception:
+            signatures = {}
+        if signatures:
+            key = sorted(signatures)[0]
+            runner = self.interpreter.get_signature_runner(key)
+            try:
+                inputs = runner.get_input_details()
+                outputs = runner.get_output_details()
+            except AttributeError:
+                inputs = outputs = None
+        if inputs is None:
+            inputs = {d["name"]: d for d in self.interpreter.get_input_details()}
+            outputs = {d["name"]: d for d in self.interpreter.get_output_details()}
+        self.inputs = [describe_tflite_tensor(n, d) for n, d in inputs.items()]
+        self.outputs = [describe_tflite_tensor(n, d) for n, d in outputs.items()]
+
+    def set_inputs(self, arrays):
+        for info in self.inputs:
+            self.interpreter.set_tensor(info["index"], arrays[info["name"]])
+
+    def invoke(self):
+        self.interpreter.invoke()
+
+    def get_outputs(self):
+        return {o["name"]: self.interpreter.get_tensor(o["index"]).copy() for o in self.outputs}
+
+
+def describe_tflite_tensor(name, details):
+    import numpy
+
+    scale, zero_point = details.get("quantization", (0.0, 0)) or (0.0, 0)
+    return {
+        "name": name,
+        "index": details["index"],
+        "shape": [int(d) for d in details["shape"]],
+        "dtype": numpy.dtype(details["dtype"]).name,
+        "quantization": {"scale": float(scale), "zero_point": int(zero_point)} if scale else None,
+    }
+
+
+class OnnxModel:
+    TYPES = {
+        "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+        "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int16)": "int16",
+        "tensor(int32)": "int32", "tensor(int64)": "int64", "tensor(bool)": "bool",
+    }
+
+    def __init__(self, ort, path, threads):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.inputs = [self._describe(i) for i in self.session.get_inputs()]
+        self.outputs = [self._describe(o) for o in self.session.get_outputs()]
+        self.feed = {}
+        self.result = None
+
+    def _describe(self, node):
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in node.shape]
+        return {"name": node.name, "shape": shape, "dtype": self.TYPES.get(node.type, node.type),
+                "quantization": None}
+
+    def set_inputs(self, arrays):
+        self.feed = {i["name"]: arrays[i["name"]] for i in self.inputs}
+
+    def invoke(self):
+        self.result = self.session.run(None, self.feed)
+
+    def get_outputs(self):
+        return {o["name"]: r for o, r in zip(self.outputs, self.result)}
+
+
+def load_model(backend_name, module, path, threads):
+    if backend_name == "onnxruntime":
+        return OnnxModel(module, path, threads)
+    return TFLiteModel(module, path, threads)
+
+
+# ---- inputs --------------------------------------------------------------------
+
+def random_inputs(model, seed):
+    import numpy
+
+    rng = numpy.random.RandomState(seed)
+    arrays = {}
+    for info in model.inputs:
+        dtype = numpy.dtype(info["dtype"])
+        shape = info["shape"]
+        if dtype.kind == "f":
+            arrays[info["name"]] = rng.uniform(0.0, 1.0, size=shape).astype(dtype)
+        elif dtype.kind in "iu":
+            limits = numpy.iinfo(dtype)
+            low, high = max(int(limits.min), -128), min(int(limits.max), 127)
+            arrays[info["name"]] = rng.randint(low, high + 1, size=shape).astype(dtype)
+        elif dtype.kind == "b":
+            arrays[info["name"]] = rng.randint(0, 2, size=shape).astype(bool)
+        else:
+            raise RunnerError("unsupported_input", "cannot make random data of dtype %s" % dtype, 1)
+    return arrays
+
+
+def load_inputs(model, path, dequantize):
+    import numpy
+
+    try:
+        data = numpy.load(path)
+    except Exception as e:
+        raise RunnerError("bad_inputs", "cannot read inputs %s: %s" % (path, e), 2)
+    samples = {}
+    for info in model.inputs:
+        if info["name"] not in data:
+            raise RunnerError(
+                "bad_inputs",
+                "inputs file %s has no array '%s' (it has: %s)"
+                % (path, info["name"], ", ".join(sorted(data.files))),
+                2,
+            )
+        array = numpy.asarray(data[info["name"]])
+        samples[info["name"]] = array
+    counts = {len(a) for a in samples.values()}
+    if len(counts) != 1:
+        raise RunnerError("bad_inputs", "input arrays have different sample counts", 2)
+    return samples, counts.pop()
+
+
+def prepare_sample(model, samples, index, dequantize):
+    """One batch-sized slice of every input, quantized when the model takes integers."""
+    import numpy
+
+    arrays = {}
+    for info in model.inputs:
+        batch = info["shape"][0] if info["shape"] else 1
+        array = samples[info["name"]][index:index + batch]
+        target = numpy.dtype(info["dtype"])
+        quant = info["quantization"]
+        if dequantize and quant and target.kind in "iu" and array.dtype.kind == "f":
+            limits = numpy.iinfo(target)
+            array = numpy.clip(
+                numpy.round(array / quant["scale"] + quant["zero_point"]), limits.min, limits.max
+            )
+        if list(array.shape) != list(info["shape"]):
+            raise RunnerError(
+                "bad_inputs",
+                "input '%s' has shape %s per step, the model wants %s"
+                % (info["name"], list(array.shape), info["shape"]),
+                2,
+            )
+        arrays[info["name"]] = array.astype(target)
+    return arrays
+
+
+# ---- modes ---------------------------------------------------------------------
+
+def percentile(sorted_values, q):
+    if not sorted_values:
+        return None
+    position = (len(sorted_values) - 1) * q
+    low = int(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+def latency_stats(times_ms):
+    values = sorted(times_ms)
+    count = len(values)
+    mean = sum(values) / count
+    variance = sum((v - mean) ** 2 for v in values) / (count - 1) if count > 1 else 0.0
+    return {
+        "count": count,
+        "mean": mean,
+        "std": variance ** 0.5,
+        "min": values[0],
+        "p50": percentile(values, 0.50),
+        "p90": percentile(values, 0.90),
+        "p95": percentile(values, 0.95),
+        "p99": percentile(values, 0.99),
+        "max": values[-1],
+    }
+
+
+def io_description(model):
+    def strip(info):
+        return {k: v for k, v in info.items() if k != "index"}
+
+    return {"inputs": [strip(i) for i in model.inputs], "outputs": [strip(o) for o in model.outputs]}
+
+
+def run_benchmark(request, backend_name, module, version):
+    memory_before = memory_kib()
+    temps_before = temperatures_c()
+    started = time.perf_counter()
+    model = load_model(backend_name, module, request["model"], request["threads"])
+    load_ms = (time.perf_counter() - started) * 1000.0
+    if request["inputs"]:
+        samples, _ = load_inputs(model, request["inputs"], True)
+        arrays = prepare_sample(model, samples, 0, True)
+    else:
+        arrays = random_inputs(model, request["seed"])
+    model.set_inputs(arrays)
+    memory_init = memory_kib()
+
+    started = time.perf_counter()
+    model.invoke()
+    first_ms = (time.perf_counter() - started) * 1000.0
+
+    warmup_count = 0
+    warmup_start = time.perf_counter()
+    while warmup_count < request["warmup_runs"] or (
+        time.perf_counter() - warmup_start < request["warmup_seconds"]
+    ):
+        model.set_inputs(arrays)
+        model.invoke()
+        warmup_count += 1
+        if time.perf_counter() - warmup_start > request["max_seconds"]:
+            break
+
+    times_ms = []
+    timed_start = time.perf_counter()
+    capped = False
+    while True:
+        elapsed = time.perf_counter() - timed_start
+        if len(times_ms) >= request["min_runs"] and elapsed >= request["min_seconds"]:
+            break
+        if elapsed >= request["max_seconds"] and times_ms:
+            capped = True
+            break
+        model.set_inputs(arrays)
+        t0 = time.perf_counter()
+        model.invoke()
+        times_ms.append((time.perf_counter() - t0) * 1000.0)
+    timed_seconds = time.perf_counter() - timed_start
+    memory_after = memory_kib()
+    env = environment(backend_name, version, request["threads"])
+    env["temperatures_before_c"] = temps_before
+    throttled = bool(env["throttled"] and (env["throttled"]["throttled_now"] or env["throttled"]["freq_capped_now"]))
+
+    def delta(a, b):
+        return None if a is None or b is None else b - a
+
+    return {
+        "ok": True,
+        "mode": "benchmark",
+        "protocol": RUNNER_PROTOCOL,
+        "model": request["model"],
+        "threads": request["threads"],
+        "load_ms": load_ms,
+        "first_inference_ms": first_ms,
+        "warmup_runs": warmup_count,
+        "timed_seconds": timed_seconds,
+        "capped_by_max_seconds": capped,
+        "latency_ms": latency_stats(times_ms),
+        "memory": {
+            "peak_rss_before_load_kib": memory_before["peak_rss_kib"],
+            "peak_rss_after_init_kib": memory_init["peak_rss_kib"],
+            "peak_rss_after_runs_kib": memory_after["peak_rss_kib"],
+            "init_delta_kib": delta(memory_before["peak_rss_kib"], memory_init["peak_rss_kib"]),
+            "runs_delta_kib": delta(memory_init["peak_rss_kib"], memory_after["peak_rss_kib"]),
+            "total_delta_kib": delta(memory_before["peak_rss_kib"], memory_after["peak_rss_kib"]),
+        },
+        "throttled": throttled,
+        "inputs": "file" if request["inputs"] else "random",
+        "io": io_description(model),
+        "environment": env,
+    }
+
+
+def run_infer(request, backend_name, module, version):
+    import numpy
+
+    model = load_model(backend_name, module, request["model"], request["threads"])
+    if request["inputs"]:
+        samples, count = load_inputs(model, request["inputs"], request["dequantize"])
+    else:
+        samples = {k: v for k, v in random_inputs(model, request["seed"]).items()}
+        count = 1
+    batch = model.inputs[0]["shape"][0] if model.inputs and model.inputs[0]["shape"] else 1
+    collected = {o["name"]: [] for o in model.outputs}
+    for index in range(0, count, max(batch, 1)):
+        model.set_inputs(prepare_sample(model, samples, index, request["dequantize"]))
+        model.invoke()
+        for name, value in model.get_outputs().items():
+            info = next(o for o in model.outputs if o["name"] == name)
+            quant = info["quantization"]
+            if request["dequantize"] and quant and value.dtype.kind in "iu":
+                value = (value.astype(numpy.float32) - quant["zero_point"]) * quant["scale"]
+            collected[name].append(value)
+    outputs = {name: numpy.concatenate(parts) for name, parts in collected.items()}
+    tmp = request["outputs"] + ".tmp.npz"
+    numpy.savez(tmp, **outputs)
+    os.replace(tmp, request["outputs"])
+    return {
+        "ok": True,
+        "mode": "infer",
+        "protocol": RUNNER_PROTOCOL,
+        "model": request["model"],
+        "samples": count,
+        "outputs": request["outputs"],
+        "io": io_description(model),
+        "environment": environment(backend_name, version, request["threads"]),
+    }
+
+
+def run_probe(request, backend_name, module, version):
+    return {
+        "ok": True,
+        "mode": "probe",
+        "protocol": RUNNER_PROTOCOL,
+        "environment": environment(backend_name, version, request["threads"]),
+    }
+
+
+def main(argv=None, stdin=None, stdout=None):
+    argv = sys.argv if argv is None else argv
+    stdin = sys.stdin if stdin is None else stdin
+    stdout = sys.stdout if stdout is None else stdout
+    try:
+        request = parse_request(argv, stdin)
+        if request["mode"] != "probe" and not os.path.isfile(request["model"]):
+            raise RunnerError("bad_request", "model file not found on the device: %s" % request["model"], 2)
+        backend_name, module, version = pick_backend(request["model"], request["backend"])
+        log("backend %s %s, mode %s" % (backend_name, version, request["mode"]))
+        handler = {"benchmark": run_benchmark, "infer": run_infer, "probe": run_probe}[request["mode"]]
+        try:
+            result = handler(request, backend_name, module, version)
+        except RunnerError:
+            raise
+        except Exception as e:
+            raise RunnerError(
+                "inference_failed", "%s failed on %s: %s: %s" % (
+                    request["mode"], backend_name, type(e).__name__, str(e).strip()[:2000]), 1)
+        stdout.write(json.dumps(result) + "\n")
+        stdout.flush()
+        return 0
+    except RunnerError as e:
+        stdout.write(json.dumps({"ok": False, "protocol": RUNNER_PROTOCOL,
+                                 "error": {"type": e.kind, "message": str(e)}}) + "\n")
+        stdout.flush()
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

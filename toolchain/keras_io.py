@@ -1,0 +1,192 @@
+"""Safe Keras model loading, layer lookup and the model's I/O signature."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelLoadError
+
+UNSAFE_LAYER_CLASSES = ("Lambda",)
+TRUST_HINT = "re-run with --trust-model (or trust = true under [model]) only if you trust its author"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int | None, ...]  # without the batch dimension
+    dtype: str
+
+
+def load_model(path: str | Path, *, trust: bool = False) -> Any:
+    """Load a `.keras` or `.h5` model in safe mode.
+
+    Lambda layers run arbitrary Python when deserialized, so a model that has one is
+    refused unless the caller says the model is trusted.
+    """
+    path = Path(path)
+    config = read_model_config(path)
+    unsafe = sorted(find_layer_classes(config, UNSAFE_LAYER_CLASSES))
+    if unsafe and not trust:
+        raise ModelLoadError(
+            f"{path}: refusing to load a model with {', '.join(unsafe)} layers "
+            f"(they execute arbitrary code when loaded); {TRUST_HINT}"
+        )
+    import keras
+
+    try:
+        if trust:
+            keras.config.enable_unsafe_deserialization()
+        return keras.models.load_model(path, compile=False, safe_mode=not trust)
+    except Exception as e:  # keras raises many types for corrupt archives
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(
+            f"{path}: could not load the Keras model ({type(e).__name__}: {reason[:300]}); "
+            "check that the file was saved with model.save() by Keras 3 and that any custom "
+            "layers are registered"
+        ) from e
+
+
+def read_model_config(path: Path) -> dict:
+    """Read the architecture config without building the model (cheap, no code runs)."""
+    if not path.exists():
+        raise ModelLoadError(f"model file not found: {path}")
+    if not path.is_file():
+        raise ModelLoadError(f"model path is not a file: {path}")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"model file is empty: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".keras":
+        return _read_keras_archive_config(path)
+    if suffix in (".h5", ".hdf5"):
+        return _read_h5_config(path)
+    raise ModelLoadError(
+        f"{path}: unsupported model file type '{suffix}'; give a Keras 3 '.keras' file "
+        "(or a legacy '.h5')"
+    )
+
+
+def _read_keras_archive_config(path: Path) -> dict:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            if "config.json" not in names:
+                raise ModelLoadError(
+                    f"{path}: this zip file is not a Keras model (no config.json inside; "
+                    f"it holds {', '.join(names[:5]) or 'nothing'})"
+                )
+            return json.loads(archive.read("config.json"))
+    except zipfile.BadZipFile as e:
+        raise ModelLoadError(
+            f"{path}: not a valid .keras file (not a zip archive, or truncated); "
+            "re-save the model with model.save('model.keras')"
+        ) from e
+    except (json.JSONDecodeError, UnicodeDecodeError, zipfile.LargeZipFile, OSError) as e:
+        raise ModelLoadError(f"{path}: corrupt .keras file: unreadable config.json ({e})") from e
+
+
+def _read_h5_config(path: Path) -> dict:
+    with open(path, "rb") as f:
+        if f.read(8) != b"\x89HDF\r\n\x1a\n":
+            raise ModelLoadError(f"{path}: not an HDF5 file (bad signature); is it really an .h5 model?")
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as h5:
+            raw = h5.attrs.get("model_config")
+    except Exception as e:
+        raise ModelLoadError(f"{path}: corrupt HDF5 model file ({e})") from e
+    if raw is None:
+        raise ModelLoadError(f"{path}: HDF5 file holds no model config (weights-only file?)")
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8")
+    return json.loads(raw)
+
+
+def find_layer_classes(config: Any, classes: tuple[str, ...]) -> set[str]:
+    found: set[str] = set()
+    if isinstance(config, dict):
+        if config.get("class_name") in classes:
+            found.add(config["class_name"])
+        for value in config.values():
+            found |= find_layer_classes(value, classes)
+    elif isinstance(config, list):
+        for value in config:
+            found |= find_layer_classes(value, classes)
+    return found
+
+
+def did_you_mean(word: str, candidates: list[str], n: int = 3) -> str:
+    close = difflib.get_close_matches(word, candidates, n=n, cutoff=0.5)
+    if not close:
+        return ""
+    return " (did you mean " + ", ".join(f"'{c}'" for c in close) + "?)"
+
+
+def input_signature(model: Any) -> list[TensorInfo]:
+    return [
+        TensorInfo(_tensor_name(t), tuple(t.shape[1:]), _dtype_name(t.dtype)) for t in model.inputs
+    ]
+
+
+def output_signature(model: Any) -> list[TensorInfo]:
+    names = list(model.output_names)
+    return [
+        TensorInfo(name, tuple(t.shape[1:]), _dtype_name(t.dtype))
+        for name, t in zip(names, model.outputs, strict=True)
+    ]
+
+
+def _tensor_name(tensor: Any) -> str:
+    name = getattr(tensor, "name", None) or "input"
+    return name.split(":")[0]
+
+
+def _dtype_name(dtype: Any) -> str:
+    return getattr(dtype, "name", str(dtype))
+
+
+def run_keras(model: Any, inputs: dict[str, Any], batch_size: int = 32) -> dict[str, Any]:
+    """Run the model on named inputs and return named numpy outputs."""
+    import numpy as np
+
+    names = [t.name for t in input_signature(model)]
+    args = [inputs[n] for n in names]
+    result = model.predict(args if len(args) > 1 else args[0], batch_size=batch_size, verbose=0)
+    if isinstance(result, dict):
+        outputs = [result[k] for k in model.output_names]
+    else:
+        outputs = result if isinstance(result, (list, tuple)) else [result]
+    return {
+        name: np.asarray(out) for name, out in zip(model.output_names, outputs, strict=True)
+    }
+
+
+def serving_function(model: Any, batch_size: int | None = 1) -> tuple[Any, list[Any]]:
+    """A tf.function with named inputs and a dict of named outputs.
+
+    Converters keep these names (TFLite signature keys, ONNX graph I/O names), which
+    `from_keras_model` and tf2onnx's `from_keras` do not do reliably under Keras 3.
+    """
+    import tensorflow as tf
+
+    inputs = input_signature(model)
+    specs = [
+        tf.TensorSpec((batch_size, *info.shape), tf.as_dtype(info.dtype), name=info.name)
+        for info in inputs
+    ]
+    output_names = list(model.output_names)
+
+    def serve(*args):
+        result = model(list(args) if len(args) > 1 else args[0], training=False)
+        if isinstance(result, dict):
+            result = [result[k] for k in output_names]
+        elif not isinstance(result, (list, tuple)):
+            result = [result]
+        return dict(zip(output_names, result, strict=True))
+
+    return tf.function(serve, input_signature=specs), specs

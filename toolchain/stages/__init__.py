@@ -1,0 +1,1 @@
+"""Pipeline stages. Stages do not import each other; pipeline.py wires them."""
