@@ -17,6 +17,7 @@ demo: $(VENV)/.installed
 	$(BIN)/edge-toolchain demo --out demo-run
 
 test: $(VENV)/.installed
+	$(BIN)/ruff check toolchain tests
 	$(BIN)/python -m pytest -q -ra
 
 lint: $(VENV)/.installed

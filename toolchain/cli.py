@@ -45,7 +45,9 @@ def _root(
 @app.command()
 def run(
     pipeline: Annotated[Path, typer.Argument(help="Pipeline config (TOML).")],
-    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default: output.dir of the config).")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run directory (default: output.dir of the config).")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Run a pipeline: export, verify, benchmark and report."""
@@ -81,7 +83,9 @@ def demo(
 def inspect(
     file: Annotated[Path, typer.Argument(help="A .keras, .h5, .tflite or .onnx file.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    trust_model: Annotated[bool, typer.Option("--trust-model", help="Allow Lambda layers (runs code from the file).")] = False,
+    trust_model: Annotated[
+        bool, typer.Option("--trust-model", help="Allow Lambda layers (runs code from the file).")
+    ] = False,
 ) -> None:
     """Show a model file's inputs, outputs (with quantization), ops and size."""
     from .artifact_info import describe

@@ -81,8 +81,8 @@ def train_digits_cnn(seed: int = 0, epochs: int = 15):
     return model
 
 
-def write_demo_inputs(folder: Path, seed: int = 0) -> Path:
-    """Train the model and write it, the data and the pipeline config into `folder`."""
+def write_demo_inputs(folder: Path, seed: int = 0, write_pipeline: bool = True) -> Path:
+    """Train the model and write it, the data and (optionally) pipeline.toml into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     x_train, y_train, x_eval, y_eval = digits_split(seed)
     model = train_digits_cnn(seed)
@@ -92,6 +92,7 @@ def write_demo_inputs(folder: Path, seed: int = 0) -> Path:
         with atomic_output(folder / name, suffix=".npz") as tmp:
             np.savez(tmp, **{INPUT_NAME: x, "y": y})
     pipeline = folder / "pipeline.toml"
-    with atomic_output(pipeline) as tmp:
-        tmp.write_text(PIPELINE_TOML)
+    if write_pipeline:
+        with atomic_output(pipeline) as tmp:
+            tmp.write_text(PIPELINE_TOML)
     return pipeline

@@ -237,15 +237,13 @@ def environment(backend_name, backend_version, threads):
 
 def import_backend(name):
     if name == "ai_edge_litert":
-        from ai_edge_litert import interpreter as module
-
         import ai_edge_litert
+        from ai_edge_litert import interpreter as module
 
         return module.Interpreter, getattr(ai_edge_litert, "__version__", None) or _dist_version("ai-edge-litert")
     if name == "tflite_runtime":
-        from tflite_runtime import interpreter as module
-
         import tflite_runtime
+        from tflite_runtime import interpreter as module
 
         return module.Interpreter, getattr(tflite_runtime, "__version__", None) or _dist_version("tflite-runtime")
     if name == "tensorflow":

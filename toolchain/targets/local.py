@@ -21,7 +21,10 @@ def parse_runner_output(
     """The runner's JSON answer, or a TargetError that quotes what went wrong."""
     tail = "\n".join(stderr.strip().splitlines()[-8:])
     if returncode < 0:
-        name = signal.Signals(-returncode).name if -returncode in signal.Signals._value2member_map_ else str(-returncode)
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = str(-returncode)
         raise TargetError(
             f"target '{target}': the runner was killed by signal {name}; "
             f"no result recorded. stderr tail: {tail or '(empty)'}"
