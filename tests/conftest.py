@@ -72,3 +72,40 @@ def lambda_model_file(tmp_path_factory) -> Path:
 
 def random_images(count: int, shape=(16, 16, 3), seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0, 1, size=(count, *shape)).astype(np.float32)
+
+
+DEVICE_PACKAGES = ["numpy<2", "tflite-runtime==2.14.0", "onnxruntime"]
+
+
+def _device_venv() -> Path:
+    """A venv like a Raspberry Pi's Python 3.11: numpy<2, tflite-runtime 2.14, onnxruntime.
+
+    Cached across sessions (EDGE_TOOLCHAIN_TEST_CACHE, default ~/.cache/edge-toolchain-tests);
+    built in a temp folder and renamed into place, under a file lock, so concurrent test
+    runs never see a half-built venv.
+    """
+    import fcntl
+    import subprocess
+    import sys
+    import tempfile
+
+    cache = Path(os.environ.get("EDGE_TOOLCHAIN_TEST_CACHE", Path.home() / ".cache" / "edge-toolchain-tests"))
+    cache.mkdir(parents=True, exist_ok=True)
+    venv = cache / "device-venv"
+    python = venv / "bin" / "python"
+    with open(cache / "device-venv.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if python.exists():
+            return python
+        build = Path(tempfile.mkdtemp(prefix="device-venv.", dir=cache))
+        subprocess.run([sys.executable, "-m", "venv", str(build)], check=True)
+        subprocess.run([str(build / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                        *DEVICE_PACKAGES], check=True)
+        build.rename(venv)
+    return python
+
+
+@pytest.fixture(scope="session")
+def device_python() -> Path:
+    """Python of the device venv (tflite-runtime 2.14 + numpy<2 + onnxruntime)."""
+    return _device_venv()
