@@ -11,6 +11,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 import pytest
 
+# The `ssh_server` fixture: a real OpenSSH sshd on 127.0.0.1 (tests/sshd.py).
+pytest_plugins = ["sshd"]
+
 
 @pytest.fixture(scope="session")
 def demo_inputs(tmp_path_factory) -> Path:
