@@ -35,12 +35,51 @@ def demo_run(tmp_path_factory, demo_inputs) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def demo_model(demo_inputs):
+    """The demo's trained digits CNN, loaded once."""
+    from toolchain.keras_io import load_model
+
+    return load_model(demo_inputs / "digits_cnn.keras")
+
+
 @pytest.fixture
 def pipeline_copy(tmp_path, demo_inputs) -> Path:
     """A writable copy of the demo folder, for tests that edit the pipeline."""
     target = tmp_path / "demo"
     shutil.copytree(demo_inputs, target)
     return target / "pipeline.toml"
+
+
+@pytest.fixture
+def run_copy(tmp_path, demo_run) -> Path:
+    """A writable copy of the complete demo run (with its cache), for re-run tests."""
+    target = tmp_path / "earlier-run"
+    shutil.copytree(demo_run, target)
+    return target
+
+
+def _tree_snapshot(folder: Path) -> dict[str, tuple]:
+    """Every file and folder under `folder`: (size, mtime_ns, sha256) or 'dir'; {} when missing."""
+    import hashlib
+
+    if not folder.exists():
+        return {}
+    snapshot: dict[str, tuple] = {".": ("dir", folder.stat().st_mtime_ns)}
+    for path in sorted(folder.rglob("*")):
+        stat = path.stat()
+        key = path.relative_to(folder).as_posix()
+        if path.is_dir():
+            snapshot[key] = ("dir", stat.st_mtime_ns)
+        else:
+            snapshot[key] = (stat.st_size, stat.st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
+    return snapshot
+
+
+@pytest.fixture
+def tree_snapshot():
+    """snapshot(folder) -> dict; equal snapshots mean nothing was created, changed or removed."""
+    return _tree_snapshot
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +114,24 @@ def lambda_model_file(tmp_path_factory) -> Path:
 
 def random_images(count: int, shape=(16, 16, 3), seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0, 1, size=(count, *shape)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def mobilenet_v2_96():
+    """keras.applications.MobileNetV2, random weights (seeded), 96x96 input, with its top."""
+    import keras
+
+    keras.utils.set_random_seed(2)
+    return keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3), classes=10)
+
+
+@pytest.fixture(scope="session")
+def resnet50_64():
+    """keras.applications.ResNet50, random weights (seeded), 64x64 input, with its top."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    return keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3), classes=10)
 
 
 DEVICE_PACKAGES = ["numpy<2", "tflite-runtime==2.14.0", "onnxruntime"]
@@ -112,3 +169,61 @@ def _device_venv() -> Path:
 def device_python() -> Path:
     """Python of the device venv (tflite-runtime 2.14 + numpy<2 + onnxruntime)."""
     return _device_venv()
+
+
+# ---- export / compatibility (issue 4) -------------------------------------------
+
+@pytest.fixture(scope="session")
+def transformer_block():
+    """LayerNormalization, MultiHeadAttention and a GELU feed-forward, as in a ViT/BERT block."""
+    import keras
+
+    keras.utils.set_random_seed(2)
+    tokens = keras.Input((16, 32), name="tokens")
+    x = keras.layers.LayerNormalization(name="ln1")(tokens)
+    x = keras.layers.MultiHeadAttention(num_heads=4, key_dim=8, name="attention")(x, x)
+    x = keras.layers.Add(name="residual1")([tokens, x])
+    y = keras.layers.LayerNormalization(name="ln2")(x)
+    y = keras.layers.Dense(64, activation="gelu", name="ff1")(y)
+    y = keras.layers.Dense(32, name="ff2")(y)
+    outputs = keras.layers.Add(name="encoded")([x, y])
+    return keras.Model(tokens, outputs, name="transformer_block")
+
+
+@pytest.fixture(scope="session")
+def multi_io_model():
+    """Two inputs (an image and a vector), two outputs (class scores and a regression value)."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    image = keras.Input((12, 12, 1), name="image")
+    meta = keras.Input((4,), name="meta")
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(image)
+    x = keras.layers.Flatten(name="flat")(x)
+    x = keras.layers.Concatenate(name="join")([x, meta])
+    scores = keras.layers.Dense(3, activation="softmax", name="scores")(x)
+    value = keras.layers.Dense(1, name="value")(x)
+    return keras.Model([image, meta], [scores, value], name="multi_io")
+
+
+@pytest.fixture(scope="session")
+def sequential_model():
+    """A Sequential model: Keras names its input and output after auto-named layers."""
+    import keras
+
+    keras.utils.set_random_seed(4)
+    return keras.Sequential(
+        [keras.Input((10,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(4)],
+        name="sequential_mlp",
+    )
+
+
+@pytest.fixture(scope="session")
+def device_profile(tmp_path_factory, device_python) -> Path:
+    """A target profile file whose python is the device venv (tflite-runtime 2.14)."""
+    path = tmp_path_factory.mktemp("profiles") / "device-tflite214.toml"
+    path.write_text(
+        'name = "device-tflite214"\n[connection]\nkind = "local"\n'
+        f'python = "{device_python}"\n[runtime]\ntflite_backend = "tflite_runtime"\n'
+    )
+    return path

@@ -1,0 +1,450 @@
+"""Truncation: cut outputs equal the original's intermediate outputs, dropped blocks equal
+hand-built references with the same weights, refusals say why and what can be dropped."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from toolchain.errors import DataError, InputError
+from toolchain.stages.truncate import droppable_blocks, parse_head, truncate
+
+# Cut models re-run the very same layers on the same inputs: only graph-level fusion could
+# change float results, and Keras runs layer by layer, so 1e-6 is a generous bound.
+EXACT = 1e-6
+
+
+def _max_diff(a, b) -> float:
+    a = a if isinstance(a, (list, tuple)) else [a]
+    b = b if isinstance(b, (list, tuple)) else [b]
+    assert len(a) == len(b)
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(a, b, strict=True))
+
+
+def _predict(model, x):
+    """Eager call: no tf.function tracing per model, which keeps these tests fast."""
+    result = model(x, training=False)
+    if isinstance(result, (list, tuple)):
+        return [np.asarray(r) for r in result]
+    return np.asarray(result)
+
+
+def _intermediate(model, *names):
+    import keras
+
+    outs = [model.get_layer(n).output for n in names]
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, outs if len(outs) > 1 else outs[0])
+
+
+def _rand(shape, count=4, seed=0):
+    return np.random.default_rng(seed).uniform(-1, 1, size=(count, *shape)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def res_cnn():
+    """A functional CNN with one identity residual block, one projection block and a BN."""
+    import keras
+
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((12, 12, 3), name="pixels")
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="stem")(inputs)
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="res1_conv1")(x)
+    h = keras.layers.Conv2D(8, 3, padding="same", name="res1_conv2")(h)
+    x = keras.layers.Add(name="res1_add")([x, h])
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    p = keras.layers.Conv2D(16, 1, name="proj_short")(x)
+    h = keras.layers.Conv2D(16, 3, padding="same", name="proj_conv")(x)
+    x = keras.layers.Add(name="proj_add")([p, h])
+    x = keras.layers.MaxPooling2D(name="pool")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(4, activation="softmax", name="scores")(x)
+    model = keras.Model(inputs, outputs, name="res_cnn")
+    bn = model.get_layer("bn")  # non-trivial BN statistics, so dropping it changes the outputs
+    bn.set_weights([w + np.random.default_rng(1).uniform(0.5, 1.0, w.shape).astype(np.float32)
+                    for w in bn.get_weights()])
+    return model
+
+
+# ---- cut ------------------------------------------------------------------------------
+
+
+def test_functional_cut_by_name_index_and_negative_index(res_cnn):
+    x = _rand((12, 12, 3))
+    cut = truncate(res_cnn, at="res1_add")
+    assert cut.output_names == ["res1_add"]
+    assert _max_diff(_predict(cut, x), _predict(_intermediate(res_cnn, "res1_add"), x)) <= EXACT
+    # model.layers[0] is the InputLayer for a Functional model, as Keras numbers them
+    assert truncate(res_cnn, at=1).output_names == ["stem"]
+    assert truncate(res_cnn, at="-2").output_names == ["gap"]
+    assert truncate(res_cnn, at=-1).output_names == ["scores"]
+
+
+def test_several_cut_points_give_a_multi_output_model(res_cnn):
+    x = _rand((12, 12, 3))
+    cut = truncate(res_cnn, at=["proj_add", "stem", "gap"])
+    assert cut.output_names == ["proj_add", "stem", "gap"]
+    reference = _intermediate(res_cnn, "proj_add", "stem", "gap")
+    assert _max_diff(_predict(cut, x), _predict(reference, x)) <= EXACT
+
+
+def test_cut_model_shares_the_original_weights(res_cnn):
+    cut = truncate(res_cnn, at="res1_add")
+    assert cut.get_layer("stem") is res_cnn.get_layer("stem")
+    assert cut.get_layer("stem").kernel is res_cnn.get_layer("stem").kernel
+
+
+def test_sequential_cut():
+    import keras
+
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential([
+        keras.Input((10, 10, 1)),
+        keras.layers.Conv2D(4, 3, activation="relu", name="c1"),
+        keras.layers.Conv2D(6, 3, name="c2"),
+        keras.layers.Flatten(name="flat"),
+        keras.layers.Dense(5, name="fc"),
+    ], name="seq")
+    x = _rand((10, 10, 1))
+    cut = truncate(model, at="c2")
+    assert _max_diff(_predict(cut, x), _predict(_intermediate(model, "c2"), x)) <= EXACT
+    # Sequential.layers has no InputLayer: index 0 is the first layer
+    assert truncate(model, at=0).output_names == ["c1"]
+    assert truncate(model, at=-2).output_names == ["flat"]
+
+
+@pytest.fixture(scope="module")
+def nested():
+    """A Sequential wrapping a functional sub-model (with a residual block), plus a head."""
+    import keras
+
+    keras.utils.set_random_seed(6)
+    inputs = keras.Input((8, 8, 2), name="inner_in")
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv_a")(inputs)
+    h = keras.layers.Conv2D(4, 3, padding="same", name="conv_b")(x)
+    x = keras.layers.Add(name="add")([x, h])
+    x = keras.layers.Conv2D(6, 3, name="conv_c")(x)
+    inner = keras.Model(inputs, x, name="backbone")
+    outer = keras.Sequential([keras.Input((8, 8, 2)), inner, keras.layers.GlobalAveragePooling2D(name="gap"),
+                              keras.layers.Dense(3, name="logits")], name="wrapper")
+    return outer, inner
+
+
+def test_nested_cut_outer_inner(nested):
+    outer, inner = nested
+    x = _rand((8, 8, 2))
+    cut = truncate(outer, at="backbone/add")
+    assert _max_diff(_predict(cut, x), _predict(_intermediate(inner, "add"), x)) <= EXACT
+    both = truncate(outer, at=["backbone/conv_a", "logits"])
+    expected = [_predict(_intermediate(inner, "conv_a"), x), _predict(outer, x)]
+    assert _max_diff(_predict(both, x), expected) <= EXACT
+
+
+def test_nested_drop_inner_block(nested):
+    import keras
+
+    outer, inner = nested
+    assert droppable_blocks(outer) == ["backbone/add"]
+    x = _rand((8, 8, 2))
+    dropped = truncate(outer, drop="backbone/add")
+    inp = keras.Input((8, 8, 2))
+    t = inner.get_layer("conv_a")(inp)
+    t = inner.get_layer("conv_c")(t)
+    t = outer.get_layer("logits")(outer.get_layer("gap")(t))
+    assert _max_diff(_predict(dropped, x), _predict(keras.Model(inp, t), x)) <= EXACT
+    assert _max_diff(_predict(dropped, x), _predict(outer, x)) > 1e-4  # the drop changed something
+
+
+def test_unknown_nested_name_suggests_the_outer_inner_address(nested):
+    outer, _ = nested
+    with pytest.raises(InputError, match=r"unknown cut point 'conv_c'.*did you mean 'backbone/conv_c'"):
+        truncate(outer, at="conv_c")
+
+
+@pytest.fixture(scope="module")
+def two_inputs():
+    import keras
+
+    keras.utils.set_random_seed(7)
+    image = keras.Input((6, 6, 1), name="image")
+    meta = keras.Input((3,), name="meta")
+    a = keras.layers.Flatten(name="flat")(keras.layers.Conv2D(2, 3, name="conv")(image))
+    b = keras.layers.Dense(4, activation="relu", name="meta_fc")(meta)
+    x = keras.layers.Concatenate(name="concat")([a, b])
+    outputs = keras.layers.Dense(2, name="out")(x)
+    return keras.Model([image, meta], outputs, name="two_inputs")
+
+
+def test_multi_input_cut(two_inputs):
+    x = [_rand((6, 6, 1)), _rand((3,), seed=1)]
+    cut = truncate(two_inputs, at="concat")
+    assert [t.name for t in cut.inputs] == ["image", "meta"]
+    assert _max_diff(_predict(cut, x), _predict(_intermediate(two_inputs, "concat"), x)) <= EXACT
+    branches = truncate(two_inputs, at=["conv", "meta_fc"])
+    assert _max_diff(_predict(branches, x), _predict(_intermediate(two_inputs, "conv", "meta_fc"), x)) <= EXACT
+
+
+def test_cut_that_leaves_an_input_unused_is_refused(two_inputs):
+    with pytest.raises(InputError, match=r"leaves model input\(s\) 'meta' unused"):
+        truncate(two_inputs, at="flat")
+
+
+def test_drop_of_a_multi_input_layer_is_refused(two_inputs):
+    with pytest.raises(InputError, match="cannot drop 'concat': it takes 2 inputs.*no droppable residual blocks"):
+        truncate(two_inputs, drop="concat")
+
+
+# ---- drop -----------------------------------------------------------------------------
+
+
+def test_drop_shape_preserving_layer_equals_model_without_it(res_cnn):
+    import keras
+
+    x = _rand((12, 12, 3))
+    dropped = truncate(res_cnn, drop="bn", at="res1_add")  # cut before the BN: unaffected
+    assert _max_diff(_predict(dropped, x), _predict(_intermediate(res_cnn, "res1_add"), x)) <= EXACT
+    dropped = truncate(res_cnn, drop="bn", at="proj_add")
+    before = _intermediate(res_cnn, "res1_add")
+    inp = keras.Input((12, 12, 3))
+    t = before(inp)
+    t = res_cnn.get_layer("proj_add")([res_cnn.get_layer("proj_short")(t), res_cnn.get_layer("proj_conv")(t)])
+    assert _max_diff(_predict(dropped, x), _predict(keras.Model(inp, t), x)) <= EXACT
+    assert _max_diff(_predict(dropped, x), _predict(_intermediate(res_cnn, "proj_add"), x)) > 1e-3
+
+
+def test_drop_residual_block_equals_hand_built_reference(res_cnn):
+    import keras
+
+    x = _rand((12, 12, 3))
+    dropped = truncate(res_cnn, drop="res1_add")
+    assert "res1_conv1" not in [layer.name for layer in dropped.layers]
+    inp = keras.Input((12, 12, 3))
+    t = res_cnn.get_layer("bn")(res_cnn.get_layer("stem")(inp))
+    t = res_cnn.get_layer("proj_add")([res_cnn.get_layer("proj_short")(t), res_cnn.get_layer("proj_conv")(t)])
+    for name in ("pool", "gap", "scores"):
+        t = res_cnn.get_layer(name)(t)
+    assert _max_diff(_predict(dropped, x), _predict(keras.Model(inp, t), x)) <= EXACT
+
+
+def test_refused_drop_names_the_droppable_blocks(res_cnn):
+    assert droppable_blocks(res_cnn) == ["res1_add"]
+    with pytest.raises(InputError, match=r"cannot drop 'stem': its output shape \(12, 12, 8\) differs from its "
+                                         r"input shape \(12, 12, 3\).*droppable residual blocks: res1_add"):
+        truncate(res_cnn, drop="stem")
+    with pytest.raises(InputError, match="'proj_add' adds two branches.*projection.*droppable .* blocks: res1_add"):
+        truncate(res_cnn, drop="proj_add")
+    with pytest.raises(InputError, match="cannot drop 'pixels': it is a model input"):
+        truncate(res_cnn, drop="pixels")
+
+
+def test_drop_that_would_disconnect_the_graph_is_refused():
+    import keras
+
+    inputs = keras.Input((4,), name="x")
+    h = keras.layers.Dense(4, name="branch")(inputs)
+    s = keras.layers.Add(name="merge")([inputs, h])
+    side = keras.layers.Dense(2, name="side")(h)  # reads the block's branch from outside
+    model = keras.Model(inputs, [s, side])
+    with pytest.raises(InputError, match="layer 'side' outside the block uses 'branch'.*disconnect"):
+        truncate(model, drop="merge")
+
+
+def test_cut_in_a_dropped_branch_is_unreachable(res_cnn):
+    with pytest.raises(InputError, match="no path from the model's inputs reaches layer 'res1_conv2'.*"
+                                         "branch of dropped block 'res1_add'"):
+        truncate(res_cnn, at="res1_conv2", drop="res1_add")
+    with pytest.raises(InputError, match="reaches layer 'bn' in the truncated model \\(dropped\\)"):
+        truncate(res_cnn, at="bn", drop="bn")
+
+
+# ---- bad input ------------------------------------------------------------------------
+
+
+def test_unknown_layer_did_you_mean(res_cnn):
+    with pytest.raises(InputError, match=r"unknown cut point 'res1_ad' \(did you mean 'res1_add'"):
+        truncate(res_cnn, at="res1_ad")
+    with pytest.raises(InputError, match="unknown layer to drop 'bnn'.*did you mean 'bn'"):
+        truncate(res_cnn, drop="bnn")
+
+
+def test_bad_cut_points(res_cnn):
+    with pytest.raises(InputError, match=r"cut point index 40 is out of range: the model has 12 layers"):
+        truncate(res_cnn, at=40)
+    with pytest.raises(InputError, match="cut point 'stem' is given more than once"):
+        truncate(res_cnn, at=["stem", "stem"])
+    with pytest.raises(InputError, match="cannot cut at 'pixels': it is a model input"):
+        truncate(res_cnn, at="pixels")
+    with pytest.raises(InputError, match=r"a cut point must be a layer name or an integer index, got 1.5"):
+        truncate(res_cnn, at=[1.5])
+
+
+def test_lambda_and_custom_layers_need_trust():
+    import keras
+
+    class Scale(keras.layers.Layer):
+        def call(self, x):
+            return x * 2.0
+
+    inputs = keras.Input((3,), name="x")
+    x = keras.layers.Lambda(lambda t: t + 1.0, name="plus_one")(inputs)
+    x = Scale(name="scale")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="fc")(x))
+    with pytest.raises(InputError, match=r"Lambda or custom layers: plus_one \(Lambda\), scale \(Scale\).*"
+                                         "--trust-model"):
+        truncate(model, at="scale")
+    cut = truncate(model, at="scale", trust=True)
+    assert _max_diff(_predict(cut, np.ones((2, 3), np.float32)), np.full((2, 3), 4.0)) <= EXACT
+
+
+def test_subclassed_model_is_refused():
+    import keras
+
+    class Tiny(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(InputError, match="is not a Functional or Sequential Keras model"):
+        truncate(Tiny(name="tiny"), at=0)
+
+
+# ---- head -----------------------------------------------------------------------------
+
+
+def test_head_spec_parsing():
+    head = parse_head("gap, dense:64:relu, dropout:0.2, activation:tanh, classes:10")
+    assert [h.kind for h in head] == ["gap", "dense", "dropout", "activation", "classes"]
+    assert head[1].units == 64 and head[1].activation == "relu" and head[2].rate == 0.2
+    assert head[-1].activation == "softmax"
+    for spec, message in [
+        ("gap,dens:4", r"unknown head item 'dens:4' \(did you mean 'dense'"),
+        ("dense:x", "UNITS must be a positive integer"),
+        ("dense", r"has 0 argument\(s\); write it as dense:UNITS\[:ACTIVATION\]"),
+        ("dropout:1.5", r"RATE must be a number in \[0, 1\)"),
+        ("dense:4:rleu", "unknown activation 'rleu'"),
+        ("classes:3,dense:2", "must be the last item"),
+        ("classes:3:relu", "classes activation must be softmax or linear"),
+        ("gap,,classes:2", "has an empty item"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            parse_head(spec)
+
+
+def test_head_errors(res_cnn):
+    with pytest.raises(InputError, match="a head goes on one output, but 2 cut points"):
+        truncate(res_cnn, at=["stem", "bn"], head="gap,classes:2")
+    with pytest.raises(InputError, match="'classes:2' needs flat.*start the head with gap"):
+        truncate(res_cnn, at="bn", head="classes:2")
+    with pytest.raises(InputError, match="'gap' pools over space, but the cut output has rank 2"):
+        truncate(res_cnn, at="gap", head="gap,classes:2")
+    x, y = _rand((12, 12, 3)), np.array([0, 1, 0, 1])
+    with pytest.raises(InputError, match="training the head needs a 'classes:N' item"):
+        truncate(res_cnn, at="bn", head="gap,dense:4", train_data=(x, y))
+    with pytest.raises(DataError, match=r"head labels must be integer class ids in \[0, 2\), got values 0..5"):
+        truncate(res_cnn, at="bn", head="gap,classes:2", train_data=(x, np.array([0, 1, 5, 1])))
+    with pytest.raises(InputError, match="train_data was given without a head"):
+        truncate(res_cnn, at="bn", train_data=(x, y))
+
+
+@pytest.fixture(scope="module")
+def digits(demo_inputs):
+    from toolchain.data import load_npz
+    from toolchain.keras_io import input_signature, load_model
+
+    model = load_model(demo_inputs / "digits_cnn.keras")
+    train = load_npz(demo_inputs / "digits_train.npz", input_signature(model))
+    evaluation = load_npz(demo_inputs / "digits_eval.npz", input_signature(model))
+    return model, train, evaluation
+
+
+def test_head_training_is_seeded_and_keeps_the_base_frozen(digits):
+    model, train, evaluation = digits
+    before = [w.copy() for w in model.get_layer("conv2").get_weights()]
+    head = "flatten,dense:32:relu,classes:10"
+    first = truncate(model, at="pool", head=head, train_data=train, epochs=8, seed=3)
+    second = truncate(model, at="pool", head=head, train_data=train, epochs=8, seed=3)
+    for a, b in zip(first.get_layer("head_dense").get_weights(), second.get_layer("head_dense").get_weights(),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(before, model.get_layer("conv2").get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)  # the base did not train
+    assert first.get_layer("conv2") is model.get_layer("conv2")
+    predictions = _predict(first, evaluation.inputs["image"]).argmax(axis=1)
+    accuracy = float(np.mean(predictions == evaluation.labels))
+    assert accuracy > 0.8  # the pooled conv2 features separate the digits well
+    assert first.output_names == ["head_classes"]
+
+
+def test_truncated_model_exports_and_verifies(digits, tmp_path):
+    from toolchain.keras_io import run_keras
+    from toolchain.stages.export_onnx import export_onnx
+    from toolchain.stages.export_tflite import export_tflite
+    from toolchain.stages.verify import tolerance_for, verify_artifact
+
+    model, train, evaluation = digits
+    truncated = truncate(model, at="pool", drop="dropout", head="flatten,classes:10", train_data=train, epochs=3)
+    sample = evaluation.head(64)
+    reference = run_keras(truncated, sample.inputs)
+    artifacts = [export_tflite(truncated, tmp_path / "t.fp32.tflite"), export_onnx(truncated, tmp_path / "t.fp32.onnx")]
+    for path in artifacts:
+        result = verify_artifact(path, reference, sample, tolerance_for("fp32"))
+        assert result["verdict"] == "pass", result["failures"]
+        assert list(result["outputs"]) == ["head_classes"]
+
+
+def test_truncated_model_saves_and_loads(res_cnn, tmp_path):
+    from toolchain.keras_io import load_model
+
+    cut = truncate(res_cnn, at=["res1_add", "gap"], drop="bn")
+    cut.save(tmp_path / "cut.keras")
+    loaded = load_model(tmp_path / "cut.keras")
+    x = _rand((12, 12, 3))
+    assert loaded.output_names == ["res1_add", "gap"]
+    assert _max_diff(_predict(loaded, x), _predict(cut, x)) <= EXACT
+
+
+# ---- keras.applications ---------------------------------------------------------------
+
+
+@pytest.mark.heavy
+def test_mobilenet_v2_cuts_and_block_drop(mobilenet_v2_96):
+    import keras
+
+    m = mobilenet_v2_96
+    x = _rand((96, 96, 3), count=2)
+    names = ["block_3_expand_relu", "block_13_expand_relu", "out_relu"]
+    cut = truncate(m, at=names)
+    assert _max_diff(_predict(cut, x), _predict(_intermediate(m, *names), x)) <= EXACT
+    assert _max_diff(_predict(truncate(m, at=-1), x), _predict(m, x)) <= EXACT
+
+    assert "block_14_add" in droppable_blocks(m) and "block_13_add" not in droppable_blocks(m)
+    dropped = truncate(m, drop="block_14_add", at="block_15_add")
+    inp = keras.Input((96, 96, 3))
+    t = _intermediate(m, "block_13_project_BN")(inp)  # block 14 removed: its input goes on
+    h = t
+    for part in ("expand", "expand_BN", "expand_relu", "depthwise", "depthwise_BN", "depthwise_relu",
+                 "project", "project_BN"):
+        h = m.get_layer(f"block_15_{part}")(h)
+    reference = keras.Model(inp, m.get_layer("block_15_add")([t, h]))
+    assert _max_diff(_predict(dropped, x), _predict(reference, x)) <= EXACT
+
+
+@pytest.mark.heavy
+def test_resnet50_cuts_and_block_drop(resnet50_64):
+    import keras
+
+    r = resnet50_64
+    x = _rand((64, 64, 3), count=2)
+    names = ["conv2_block3_out", "conv4_block3_add", "avg_pool"]
+    assert _max_diff(_predict(truncate(r, at=names), x), _predict(_intermediate(r, *names), x)) <= EXACT
+
+    dropped = truncate(r, drop="conv4_block3_add", at="conv4_block4_out")
+    inp = keras.Input((64, 64, 3))
+    t = r.get_layer("conv4_block3_out")(_intermediate(r, "conv4_block2_out")(inp))
+    h = t
+    for part in ("1_conv", "1_bn", "1_relu", "2_conv", "2_bn", "2_relu", "3_conv", "3_bn"):
+        h = r.get_layer(f"conv4_block4_{part}")(h)
+    t = r.get_layer("conv4_block4_out")(r.get_layer("conv4_block4_add")([t, h]))
+    assert _max_diff(_predict(dropped, x), _predict(keras.Model(inp, t), x)) <= EXACT
+    with pytest.raises(InputError, match="'conv4_block1_add' adds two branches.*droppable residual blocks: "
+                                         "conv2_block2_add, conv2_block3_add, conv3_block2_add"):
+        truncate(r, drop="conv4_block1_add")
