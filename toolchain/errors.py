@@ -5,9 +5,11 @@ Exit codes (documented in README.md):
   2  bad input: configuration, command-line values, model or data files
   3  a required dependency is missing
   4  a stage failed (conversion, training, report writing)
-  5  verification failed: an artifact does not match its Keras model
+  5  verification failed: an artifact does not match its Keras model, or a release
+     bundle fails its checksums or manifest (verify-bundle)
   6  a benchmark target failed or could not be reached
   7  a budget was exceeded
+  8  the run directory is locked by another run
 """
 
 from __future__ import annotations
@@ -63,5 +65,17 @@ class TargetError(ToolchainError):
     exit_code = 6
 
 
+class BundleError(ToolchainError):
+    """A release bundle is damaged or tampered with: checksums or manifest do not match."""
+
+    exit_code = 5
+
+
 class BudgetError(ToolchainError):
     exit_code = 7
+
+
+class RunLockedError(ToolchainError):
+    """Another process holds the run directory's lock."""
+
+    exit_code = 8
