@@ -117,6 +117,119 @@ def inspect(
         out.print(f"[bold]metadata[/]: {info['metadata']}")
 
 
+targets_app = typer.Typer(help="List target profiles, or show one.", no_args_is_help=False)
+app.add_typer(targets_app, name="targets")
+TargetsDirOption = Annotated[
+    list[Path] | None,
+    typer.Option("--targets-dir", help="A folder of your own target profiles (*.toml); repeatable."),
+]
+
+
+@targets_app.callback(invoke_without_command=True)
+def targets_list(
+    ctx: typer.Context,
+    targets_dir: TargetsDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the target profiles (shipped ones and those in --targets-dir)."""
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = targets_dir
+        return
+    from .targets.catalog import profile_rows
+
+    rows = profile_rows(targets_dir)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="targets")
+    for column in ("name", "where", "runtime", "hardware", "threads"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], row["where"], row["runtime"], row["hardware"], row["threads"])
+    out.print(table)
+
+
+@targets_app.command("show")
+def targets_show(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Profile name, e.g. raspberry-pi-4.")],
+    targets_dir: TargetsDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print one target profile: connection, runtime, hardware, benchmark settings, budgets."""
+    from .targets.catalog import profile_document
+
+    document = profile_document(name, (targets_dir or []) + (ctx.obj or []))
+    if as_json:
+        print(json.dumps(document, indent=2))
+        return
+    out.print(f"[bold]{document['name']}[/]  {document['description']}  [dim]({document['file']})[/]")
+    out.print(f"threads: {document['threads']}")
+    for section in ("connection", "runtime", "hardware", "bench", "budgets"):
+        values = {k: v for k, v in document[section].items() if v is not None}
+        out.print(f"[bold]\\[{section}][/]")
+        for key, value in values.items():
+            out.print(f"  {key} = {json.dumps(value)}", highlight=False)
+        if not values:
+            out.print("  (none set)")
+
+
+@app.command()
+def bench(
+    artifacts: Annotated[list[Path], typer.Argument(help=".tflite / .onnx files to benchmark.")],
+    target: Annotated[list[str] | None, typer.Option("--target", "-t", help="Target profile; repeatable.")] = None,
+    threads: Annotated[str | None, typer.Option("--threads", help="Thread counts, e.g. 1,4 "
+                                                "(default: the profile's).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print bench.json to stdout.")] = False,
+    out_file: Annotated[Path | None, typer.Option("--out", "-o", help="Write bench.json here.")] = None,
+    targets_dir: TargetsDirOption = None,
+    inputs: Annotated[Path | None, typer.Option("--inputs", help="Input data (.npz keyed by input name) "
+                                                "instead of random inputs.")] = None,
+    min_runs: Annotated[int | None, typer.Option("--min-runs", min=1)] = None,
+    min_seconds: Annotated[float | None, typer.Option("--min-seconds", min=0)] = None,
+    max_seconds: Annotated[float | None, typer.Option("--max-seconds", min=0.001)] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", min=1, help="Seconds per benchmark.")] = None,
+) -> None:
+    """Benchmark artifacts on one or more targets (in parallel) and print a comparison table."""
+    from .config import find_profile
+    from .errors import InputError
+    from .fileio import atomic_write_json
+    from .stages.bench import COMPARISON_COLUMNS, bench_document, comparison_rows, run_benchmarks
+
+    counts = None
+    if threads is not None:
+        try:
+            counts = [int(t) for t in threads.split(",")]
+        except ValueError:
+            counts = []
+        if not counts or any(c < 1 for c in counts):
+            raise InputError(f"--threads must be comma-separated positive integers like 1,4; got {threads!r}")
+    profiles = [find_profile(name, targets_dir) for name in (target or ["local"])]
+    overrides = {"min_runs": min_runs, "min_seconds": min_seconds, "max_seconds": max_seconds,
+                 "timeout_seconds": timeout}
+
+    def progress(record: dict[str, Any]) -> None:
+        if not as_json:
+            err.print(f"[green]✓[/] {record['artifact']} on {record['target']} x{record['threads']}: "
+                      f"p50 {record['latency_ms']['p50']:.3f} ms", highlight=False)
+
+    results = run_benchmarks(artifacts, profiles, counts, None, progress, overrides=overrides, inputs=inputs)
+    document = bench_document(results)
+    if out_file is not None:
+        atomic_write_json(out_file, document)
+    if as_json:
+        print(json.dumps(document, indent=2))
+        return
+    table = Table(title="benchmark (latency per inference)")
+    for key, title in COMPARISON_COLUMNS:
+        table.add_column(title, no_wrap=key in ("artifact", "target"))
+    for row in comparison_rows(results):
+        table.add_row(*[row[key] for key, _ in COMPARISON_COLUMNS])
+    out.print(table)
+    if out_file is not None:
+        out.print(f"wrote {out_file}")
+
+
 def _print_summary(result: Any, quiet: bool) -> None:
     from .stages.report import COLUMNS, summary_rows
 

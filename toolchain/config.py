@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -92,18 +92,19 @@ class VerifySection(Section):
 class BenchSection(Section):
     enabled: bool = True
     targets: list[str] = Field(default_factory=lambda: ["local"], min_length=1)
-    threads: list[int] = Field(default_factory=lambda: [1], min_length=1)
+    threads: list[int] | None = Field(default=None, min_length=1)  # default: the profile's threads
     warmup_runs: int = Field(default=5, ge=0)
     warmup_seconds: float = Field(default=0.2, ge=0)
     min_runs: int = Field(default=50, ge=1)
     min_seconds: float = Field(default=1.0, ge=0)
     max_seconds: float = Field(default=30.0, gt=0)
     timeout_seconds: float = Field(default=300.0, gt=0)
+    targets_dir: PathValue | None = None  # a folder of your own target profiles (*.toml)
 
     @field_validator("threads")
     @classmethod
-    def _positive(cls, v: list[int]) -> list[int]:
-        if any(t < 1 for t in v):
+    def _positive(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(t < 1 for t in v):
             raise ValueError("thread counts must be >= 1")
         return v
 
@@ -160,6 +161,7 @@ def resolve_paths(config: PipelineConfig, base: Path) -> PipelineConfig:
     config.model.path = resolve(config.model.path)
     config.data.eval = resolve(config.data.eval)
     config.output.dir = resolve(config.output.dir)
+    config.bench.targets_dir = resolve(config.bench.targets_dir)
     return config
 
 
@@ -249,11 +251,35 @@ def _did_you_mean(word: str, candidates: list[str]) -> str:
 # ---- target profiles ----------------------------------------------------------
 
 class ConnectionSection(Section):
-    kind: Literal["local"] = "local"
-    python: str | None = None  # the device's python; None = the interpreter running us
+    """How to reach the device. `ssh` uses the system OpenSSH client (honours ~/.ssh/config)."""
+
+    kind: Literal["local", "ssh"] = "local"
+    host: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:\[\]%-]+$")  # name, IP or ssh_config alias
+    user: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+    port: int | None = Field(default=None, ge=1, le=65535)
+    identity: PathValue | None = None  # private key file; default: ssh's own choice (agent, ~/.ssh)
+    ssh_config: PathValue | None = None  # an ssh_config file (ssh -F); default ~/.ssh/config
+    known_hosts: PathValue | None = None  # known_hosts file; default ssh's own
+    accept_new_host_key: bool = False  # StrictHostKeyChecking=accept-new instead of yes
+    connect_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    retries: int = Field(default=2, ge=0, le=10)  # extra attempts after a connection failure
+    python: str | None = None  # the device's python; default: this interpreter (local), python3 (ssh)
+
+    @model_validator(mode="after")
+    def _ssh_needs_host(self) -> ConnectionSection:
+        ssh_only = ("host", "user", "port", "identity", "ssh_config", "known_hosts")
+        if self.kind == "ssh" and not self.host:
+            raise ValueError("kind = 'ssh' needs 'host' (a host name, address or ssh_config alias)")
+        if self.kind == "local":
+            given = [k for k in ssh_only if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} only apply to kind = 'ssh'")
+        return self
 
 
 class RuntimeSection(Section):
+    """What the device can run: decides which artifacts are worth sending there."""
+
     tflite_backend: Literal["auto", "ai_edge_litert", "tflite_runtime", "tensorflow"] = "auto"
     tflite_version: str | None = None
     onnxruntime_version: str | None = None
@@ -261,11 +287,33 @@ class RuntimeSection(Section):
 
 
 class HardwareSection(Section):
+    cpu: str | None = None
     arch: str | None = None
     cores: int | None = Field(default=None, ge=1)
     ram_mb: int | None = Field(default=None, ge=1)
     peak_gflops: float | None = Field(default=None, gt=0)
     memory_bandwidth_gbs: float | None = Field(default=None, gt=0)
+
+
+class ProfileBenchSection(Section):
+    """A target's default benchmark settings; the pipeline's [bench] and CLI flags override them."""
+
+    warmup_runs: int | None = Field(default=None, ge=0)
+    warmup_seconds: float | None = Field(default=None, ge=0)
+    min_runs: int | None = Field(default=None, ge=1)
+    min_seconds: float | None = Field(default=None, ge=0)
+    max_seconds: float | None = Field(default=None, gt=0)
+    timeout_seconds: float | None = Field(default=None, gt=0)
+
+
+class TargetBudgets(Section):
+    """Limits an artifact must meet on this target; unset limits are not checked."""
+
+    max_p90_ms: float | None = Field(default=None, gt=0)
+    max_peak_memory_mb: float | None = Field(default=None, gt=0)
+    max_file_mb: float | None = Field(default=None, gt=0)
+    min_accuracy: float | None = Field(default=None, ge=0, le=1)  # fraction, 0.95 = 95%
+    max_accuracy_drop: float | None = Field(default=None, ge=0, le=1)  # vs Keras fp32, 0.01 = 1 pt
 
 
 class TargetProfile(Section):
@@ -275,6 +323,15 @@ class TargetProfile(Section):
     runtime: RuntimeSection = Field(default_factory=RuntimeSection)
     hardware: HardwareSection = Field(default_factory=HardwareSection)
     threads: list[int] = Field(default_factory=lambda: [1], min_length=1)
+    bench: ProfileBenchSection = Field(default_factory=ProfileBenchSection)
+    budgets: TargetBudgets = Field(default_factory=TargetBudgets)
+
+    @field_validator("threads")
+    @classmethod
+    def _positive_threads(cls, v: list[int]) -> list[int]:
+        if any(t < 1 for t in v):
+            raise ValueError("thread counts must be >= 1")
+        return v
 
 
 def builtin_profiles_dir() -> Path:
@@ -305,6 +362,12 @@ def load_profile(path: Path) -> TargetProfile:
             f"target profile {path}: 'name' is {profile.name!r} but the file is {path.name}; "
             "make them agree"
         )
+    base = path.resolve().parent
+    for key in ("identity", "ssh_config", "known_hosts"):
+        value = getattr(profile.connection, key)
+        if value is not None:
+            value = value.expanduser()
+            setattr(profile.connection, key, value if value.is_absolute() else base / value)
     return profile
 
 

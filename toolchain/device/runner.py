@@ -187,8 +187,16 @@ def temperatures_c():
     return temps
 
 
+VCGENCMD_BITS = (
+    (0x1, "under_voltage_now"), (0x2, "freq_capped_now"), (0x4, "throttled_now"),
+    (0x8, "soft_temp_limit_now"), (0x10000, "under_voltage_since_boot"),
+    (0x20000, "freq_capped_since_boot"), (0x40000, "throttled_since_boot"),
+    (0x80000, "soft_temp_limit_since_boot"),
+)
+
+
 def throttled_flags():
-    """Raspberry Pi firmware throttling flags (vcgencmd), or None where not readable."""
+    """Raspberry Pi firmware throttling flags (vcgencmd get_throttled), or None where not readable."""
     try:
         out = subprocess.run(
             ["vcgencmd", "get_throttled"], capture_output=True, text=True, timeout=5
@@ -201,35 +209,111 @@ def throttled_flags():
         value = int(out.split("=", 1)[1], 16)
     except ValueError:
         return None
-    return {
-        "raw": hex(value),
-        "under_voltage_now": bool(value & 0x1),
-        "freq_capped_now": bool(value & 0x2),
-        "throttled_now": bool(value & 0x4),
-        "soft_temp_limit_now": bool(value & 0x8),
-        "throttled_since_boot": bool(value & 0x40000),
-    }
+    flags = {"raw": hex(value)}
+    for bit, name in VCGENCMD_BITS:
+        flags[name] = bool(value & bit)
+    return flags
+
+
+def throttle_counts():
+    """Linux thermal throttle event counters per CPU (x86), summed; None where not readable."""
+    total = None
+    base = "/sys/devices/system/cpu"
+    try:
+        cpus = [c for c in os.listdir(base) if c.startswith("cpu") and c[3:].isdigit()]
+    except OSError:
+        return None
+    for cpu in cpus:
+        for name in ("core_throttle_count", "package_throttle_count"):
+            raw = read_text(os.path.join(base, cpu, "thermal_throttle", name))
+            if raw is not None and raw.isdigit():
+                total = (total or 0) + int(raw)
+    return total
+
+
+def throttle_snapshot():
+    return {"vcgencmd": throttled_flags(), "thermal_throttle_events": throttle_counts()}
+
+
+def throttling_reasons(before, after):
+    """Why a run's figures cannot be trusted as the device's sustained speed (empty: none seen)."""
+    reasons = []
+    for label, snap in (("before", before["vcgencmd"]), ("after", after["vcgencmd"])):
+        if snap:
+            for name in ("under_voltage_now", "freq_capped_now", "throttled_now", "soft_temp_limit_now"):
+                if snap[name]:
+                    reasons.append("%s %s runs (vcgencmd %s)" % (name[:-4], label, snap["raw"]))
+    if before["vcgencmd"] and after["vcgencmd"]:
+        for _, name in VCGENCMD_BITS[4:]:
+            if after["vcgencmd"][name] and not before["vcgencmd"][name]:
+                reasons.append("%s during the runs" % name[: -len("_since_boot")])
+    a, b = before["thermal_throttle_events"], after["thermal_throttle_events"]
+    if a is not None and b is not None and b > a:
+        reasons.append("%d thermal throttle events during the runs" % (b - a))
+    return reasons
+
+
+def cpu_frequencies_mhz():
+    base = "/sys/devices/system/cpu/cpu0/cpufreq"
+    result = {}
+    for key, name in (("current", "scaling_cur_freq"), ("max", "cpuinfo_max_freq"), ("min", "cpuinfo_min_freq")):
+        raw = read_text(os.path.join(base, name))
+        if raw and raw.isdigit():
+            result[key] = int(raw) / 1000.0
+    return result
+
+
+def os_name():
+    for line in (read_text("/etc/os-release") or "").splitlines():
+        if line.startswith("PRETTY_NAME="):
+            return line.split("=", 1)[1].strip().strip('"')
+    return platform.platform()
+
+
+def memory_total_mb():
+    for line in (read_text("/proc/meminfo") or "").splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) // 1024
+    return None
 
 
 def environment(backend_name, backend_version, threads):
     import numpy
 
-    governor = read_text("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        load = None
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = None
+    board = read_text("/proc/device-tree/model")
     return {
         "machine": platform.machine(),
         "system": platform.system(),
         "release": platform.release(),
+        "os": os_name(),
         "hostname": platform.node(),
+        "board": board.rstrip("\x00") if board else None,
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
-        "governor": governor,
+        "cpus_usable": usable,
+        "cpu_mhz": cpu_frequencies_mhz(),
+        "governor": read_text("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "load_average": load,
+        "memory_total_mb": memory_total_mb(),
         "temperatures_c": temperatures_c(),
         "throttled": throttled_flags(),
         "python": platform.python_version(),
+        "python_executable": sys.executable,
         "numpy": numpy.__version__,
         "backend": backend_name,
         "backend_version": backend_version,
         "threads": threads,
+        "thread_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTEROP_THREADS",
+                                                   "TF_NUM_INTRAOP_THREADS") if k in os.environ},
+        "runner_protocol": RUNNER_PROTOCOL,
     }
 
 
@@ -284,11 +368,12 @@ def pick_backend(model_path, requested):
             return name, module, version
         except ImportError as e:
             errors.append("%s: %s" % (name, e))
-    packages = " or ".join(BACKEND_PACKAGES[c] for c in candidates)
+    packages = " or ".join("'%s'" % BACKEND_PACKAGES[c] for c in candidates)
     raise RunnerError(
         "backend_missing",
-        "no inference backend for %s on this device's Python (%s); install %s (tried: %s)"
-        % (model_path, sys.executable, packages, "; ".join(errors)),
+        "no inference backend for %s on this device's Python (%s); install one into it: "
+        "%s -m pip install %s (tried: %s)"
+        % (model_path, sys.executable, sys.executable, packages, "; ".join(errors)),
         3,
     )
 
@@ -310,6 +395,7 @@ class TFLiteModel:
                 outputs = runner.get_output_details()
             except AttributeError:
                 inputs = outputs = None
+            del runner  # a live SignatureRunner makes ai-edge-litert refuse interpreter.invoke()
         if inputs is None:
             inputs = {d["name"]: d for d in self.interpreter.get_input_details()}
             outputs = {d["name"]: d for d in self.interpreter.get_output_details()}
@@ -374,9 +460,19 @@ class OnnxModel:
 
 
 def load_model(backend_name, module, path, threads):
-    if backend_name == "onnxruntime":
-        return OnnxModel(module, path, threads)
-    return TFLiteModel(module, path, threads)
+    try:
+        if backend_name == "onnxruntime":
+            return OnnxModel(module, path, threads)
+        return TFLiteModel(module, path, threads)
+    except MemoryError:
+        raise RunnerError("out_of_memory", "not enough memory to load %s on this device" % path, 1)
+    except Exception as e:
+        raise RunnerError(
+            "load_failed",
+            "%s cannot load %s: %s: %s (is the file complete, and does this runtime version support its ops?)"
+            % (backend_name, path, type(e).__name__, str(e).strip()[:1500]),
+            1,
+        )
 
 
 # ---- inputs --------------------------------------------------------------------
@@ -488,35 +584,52 @@ def io_description(model):
     return {"inputs": [strip(i) for i in model.inputs], "outputs": [strip(o) for o in model.outputs]}
 
 
+MAX_BENCH_SAMPLES = 64  # given inputs: this many steps are prepared up front and cycled
+
+
+def benchmark_inputs(model, request):
+    """Input steps to cycle through: from the request's .npz file, or one random step."""
+    if not request["inputs"]:
+        return [random_inputs(model, request["seed"])]
+    samples, count = load_inputs(model, request["inputs"], True)
+    batch = model.inputs[0]["shape"][0] if model.inputs and model.inputs[0]["shape"] else 1
+    batch = max(batch, 1)
+    if count < batch:
+        raise RunnerError("bad_inputs", "inputs file %s has %d samples, the model's batch is %d"
+                          % (request["inputs"], count, batch), 2)
+    starts = list(range(0, count - batch + 1, batch))[:MAX_BENCH_SAMPLES]
+    return [prepare_sample(model, samples, index, True) for index in starts]
+
+
 def run_benchmark(request, backend_name, module, version):
     memory_before = memory_kib()
     temps_before = temperatures_c()
+    throttle_before = throttle_snapshot()
     started = time.perf_counter()
     model = load_model(backend_name, module, request["model"], request["threads"])
     load_ms = (time.perf_counter() - started) * 1000.0
-    if request["inputs"]:
-        samples, _ = load_inputs(model, request["inputs"], True)
-        arrays = prepare_sample(model, samples, 0, True)
-    else:
-        arrays = random_inputs(model, request["seed"])
-    model.set_inputs(arrays)
+    steps = benchmark_inputs(model, request)
+    model.set_inputs(steps[0])
     memory_init = memory_kib()
 
     started = time.perf_counter()
     model.invoke()
     first_ms = (time.perf_counter() - started) * 1000.0
 
+    step = 0
     warmup_count = 0
     warmup_start = time.perf_counter()
     while warmup_count < request["warmup_runs"] or (
         time.perf_counter() - warmup_start < request["warmup_seconds"]
     ):
-        model.set_inputs(arrays)
+        step = (step + 1) % len(steps)
+        model.set_inputs(steps[step])
         model.invoke()
         warmup_count += 1
         if time.perf_counter() - warmup_start > request["max_seconds"]:
             break
 
+    # Timed: invoke() only; setting inputs happens outside the clock (as benchmark_model does).
     times_ms = []
     timed_start = time.perf_counter()
     capped = False
@@ -527,15 +640,20 @@ def run_benchmark(request, backend_name, module, version):
         if elapsed >= request["max_seconds"] and times_ms:
             capped = True
             break
-        model.set_inputs(arrays)
+        step = (step + 1) % len(steps)
+        model.set_inputs(steps[step])
         t0 = time.perf_counter()
         model.invoke()
         times_ms.append((time.perf_counter() - t0) * 1000.0)
     timed_seconds = time.perf_counter() - timed_start
     memory_after = memory_kib()
+    throttle_after = throttle_snapshot()
+    reasons = throttling_reasons(throttle_before, throttle_after)
+    if reasons:
+        log("throttled: " + "; ".join(reasons))
     env = environment(backend_name, version, request["threads"])
     env["temperatures_before_c"] = temps_before
-    throttled = bool(env["throttled"] and (env["throttled"]["throttled_now"] or env["throttled"]["freq_capped_now"]))
+    env["throttled_before"] = throttle_before["vcgencmd"]
 
     def delta(a, b):
         return None if a is None or b is None else b - a
@@ -560,8 +678,10 @@ def run_benchmark(request, backend_name, module, version):
             "runs_delta_kib": delta(memory_init["peak_rss_kib"], memory_after["peak_rss_kib"]),
             "total_delta_kib": delta(memory_before["peak_rss_kib"], memory_after["peak_rss_kib"]),
         },
-        "throttled": throttled,
+        "throttled": bool(reasons),
+        "throttling": reasons,
         "inputs": "file" if request["inputs"] else "random",
+        "input_steps": len(steps),
         "io": io_description(model),
         "environment": env,
     }
@@ -627,6 +747,8 @@ def main(argv=None, stdin=None, stdout=None):
             result = handler(request, backend_name, module, version)
         except RunnerError:
             raise
+        except MemoryError:
+            raise RunnerError("out_of_memory", "%s ran out of memory on this device" % request["mode"], 1)
         except Exception as e:
             raise RunnerError(
                 "inference_failed", "%s failed on %s: %s: %s" % (

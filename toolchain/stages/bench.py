@@ -1,4 +1,10 @@
-"""Benchmark artifacts on targets: one fresh runner process per artifact x threads."""
+"""Benchmark artifacts on targets: one fresh runner process per artifact x threads.
+
+Used by the pipeline's bench stage and by `edge-toolchain bench`. Targets run in
+parallel (one thread each); the runs on one target are sequential so they do not
+compete for its cores. Settings: command-line values, then the pipeline's [bench] keys
+that were written, then the profile's [bench], then the defaults.
+"""
 
 from __future__ import annotations
 
@@ -8,50 +14,91 @@ from pathlib import Path
 from typing import Any
 
 from ..config import BenchSection, TargetProfile
-from ..errors import TargetError
+from ..errors import InputError, TargetError
+from ..fileio import sha256_file
 from ..targets import open_target
 
+BENCH_SCHEMA_VERSION = "1.0"
+SETTING_KEYS = ("warmup_runs", "warmup_seconds", "min_runs", "min_seconds", "max_seconds", "timeout_seconds")
 
-def bench_request(artifact: Path, threads: int, settings: BenchSection) -> dict[str, Any]:
-    return {
-        "model": str(artifact),
-        "mode": "benchmark",
-        "threads": threads,
-        "warmup_runs": settings.warmup_runs,
-        "warmup_seconds": settings.warmup_seconds,
-        "min_runs": settings.min_runs,
-        "min_seconds": settings.min_seconds,
-        "max_seconds": settings.max_seconds,
-    }
+
+def resolve_settings(
+    profile: TargetProfile, pipeline: BenchSection | None = None, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The benchmark settings used on one target."""
+    defaults = BenchSection()
+    settings = {key: getattr(defaults, key) for key in SETTING_KEYS}
+    settings.update({k: v for k, v in profile.bench.model_dump().items() if v is not None})
+    if pipeline is not None:
+        settings.update({k: getattr(pipeline, k) for k in SETTING_KEYS if k in pipeline.model_fields_set})
+    settings.update({k: v for k, v in (overrides or {}).items() if v is not None and k in SETTING_KEYS})
+    return settings
+
+
+def resolve_threads(profile: TargetProfile, pipeline: BenchSection | None, threads: list[int] | None) -> list[int]:
+    if threads:
+        return threads
+    if pipeline is not None and pipeline.threads:
+        return pipeline.threads
+    return profile.threads
+
+
+def bench_request(artifact: Path, threads: int, settings: dict[str, Any] | BenchSection,
+                  inputs: Path | None = None) -> dict[str, Any]:
+    if isinstance(settings, BenchSection):
+        settings = {key: getattr(settings, key) for key in SETTING_KEYS}
+    request = {"model": str(artifact), "mode": "benchmark", "threads": threads}
+    request.update({k: settings[k] for k in SETTING_KEYS if k != "timeout_seconds"})
+    if inputs is not None:
+        request["inputs"] = str(inputs)
+    return request
 
 
 def run_benchmarks(
     artifacts: list[Path],
     profiles: list[TargetProfile],
-    threads: list[int] | None,
-    settings: BenchSection,
+    threads: list[int] | None = None,
+    settings: BenchSection | None = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    overrides: dict[str, Any] | None = None,
+    inputs: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Targets run in parallel; runs on one target are sequential so they don't compete."""
+    """One record per artifact x target x threads; any failure raises one TargetError for all."""
+    for artifact in artifacts:
+        if not Path(artifact).is_file():
+            raise InputError(f"artifact not found: {artifact}")
+        if Path(artifact).suffix not in (".tflite", ".onnx"):
+            raise InputError(f"cannot benchmark {artifact}: expected a .tflite or .onnx file")
+    if inputs is not None and not Path(inputs).is_file():
+        raise InputError(f"inputs file not found: {inputs} (give an .npz keyed by input name)")
+    hashes = {Path(a): sha256_file(a) for a in artifacts}
 
     def run_target(profile: TargetProfile) -> list[dict[str, Any]]:
         target = open_target(profile)
+        used = resolve_settings(profile, settings, overrides)
         results = []
         for artifact in artifacts:
-            for count in threads or profile.threads:
-                answer = target.run(bench_request(artifact, count, settings), settings.timeout_seconds)
+            for count in resolve_threads(profile, settings, threads):
+                answer = target.run(bench_request(Path(artifact), count, used, inputs), used["timeout_seconds"])
                 record = {
-                    "artifact": artifact.name,
+                    "artifact": Path(artifact).name,
+                    "artifact_sha256": hashes[Path(artifact)],
                     "target": profile.name,
+                    "connection": profile.connection.kind,
                     "threads": count,
+                    "valid": True,
                     "latency_ms": answer["latency_ms"],
                     "load_ms": answer["load_ms"],
                     "first_inference_ms": answer["first_inference_ms"],
                     "warmup_runs": answer["warmup_runs"],
+                    "timed_seconds": answer["timed_seconds"],
                     "capped_by_max_seconds": answer["capped_by_max_seconds"],
                     "memory": answer["memory"],
                     "throttled": answer["throttled"],
+                    "throttling": answer.get("throttling", []),
                     "inputs": answer["inputs"],
+                    "settings": used,
                     "environment": answer["environment"],
                 }
                 results.append(record)
@@ -73,3 +120,51 @@ def run_benchmarks(
         if errors:
             raise TargetError("; ".join(errors))
         return results
+
+
+def bench_document(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The bench.json document."""
+    return {"schema_version": BENCH_SCHEMA_VERSION, "results": results}
+
+
+COMPARISON_COLUMNS = (
+    ("artifact", "artifact"), ("target", "target"), ("threads", "threads"),
+    ("p50", "p50 ms"), ("p90", "p90 ms"), ("p99", "p99 ms"), ("std", "std ms"),
+    ("vs_best", "vs best"), ("load", "load ms"), ("peak", "peak RSS MB"), ("runs", "runs"),
+    ("backend", "backend"), ("notes", "notes"),
+)
+
+
+def comparison_rows(results: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Rows for the comparison table; `vs best` compares p50 with the fastest run of the same artifact."""
+    best: dict[str, float] = {}
+    for r in results:
+        best[r["artifact"]] = min(best.get(r["artifact"], float("inf")), r["latency_ms"]["p50"])
+    rows = []
+    for r in results:
+        lat = r["latency_ms"]
+        env = r["environment"]
+        notes = []
+        if r.get("connection") == "emulated":  # QEMU timing: hundreds of times slower than the board
+            notes.append("EMULATED timing, not a device figure")
+        if r.get("throttled"):
+            notes.append("THROTTLED")
+        if r.get("capped_by_max_seconds"):
+            notes.append("capped by max_seconds")
+        peak = r["memory"].get("peak_rss_after_runs_kib")
+        rows.append({
+            "artifact": r["artifact"],
+            "target": r["target"],
+            "threads": str(r["threads"]),
+            "p50": f"{lat['p50']:.3f}",
+            "p90": f"{lat['p90']:.3f}",
+            "p99": f"{lat['p99']:.3f}",
+            "std": f"{lat['std']:.3f}",
+            "vs_best": f"{lat['p50'] / best[r['artifact']]:.2f}x" if best[r["artifact"]] > 0 else "-",
+            "load": f"{r['load_ms']:.1f}",
+            "peak": f"{peak / 1024:.1f}" if peak is not None else "-",
+            "runs": str(lat["count"]),
+            "backend": f"{env.get('backend')} {env.get('backend_version') or ''}".strip(),
+            "notes": ", ".join(notes),
+        })
+    return rows

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from ..config import TargetProfile
 from .local import LocalTarget
+from .ssh import SSHTarget
 
 
-def open_target(profile: TargetProfile) -> Any:
-    if profile.connection.kind == "local":
-        return LocalTarget(profile)
-    raise ValueError(f"unsupported connection kind {profile.connection.kind!r}")
+class Target(Protocol):
+    profile: TargetProfile
+
+    def run(self, request: dict[str, Any], timeout: float) -> dict[str, Any]: ...
 
 
-__all__ = ["LocalTarget", "open_target"]
+def open_target(profile: TargetProfile) -> Target:
+    if profile.connection.kind == "ssh":
+        return SSHTarget(profile)
+    if profile.connection.kind == "emulated":
+        from .emulated import EmulatedTarget
+
+        return EmulatedTarget(profile)
+    return LocalTarget(profile)
+
+
+__all__ = ["LocalTarget", "SSHTarget", "Target", "open_target"]

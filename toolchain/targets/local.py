@@ -1,4 +1,4 @@
-"""Run the device runner on this machine, with any Python executable."""
+"""Run the device runner on this machine, with any Python executable (e.g. a device-like venv)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,23 @@ from ..config import TargetProfile
 from ..errors import TargetError
 
 RUNNER_PATH = Path(__file__).resolve().parent.parent / "device" / "runner.py"
+TAIL_LINES = 8
 
 
-def parse_runner_output(
-    target: str, completed_stdout: str, stderr: str, returncode: int
-) -> dict[str, Any]:
-    """The runner's JSON answer, or a TargetError that quotes what went wrong."""
-    tail = "\n".join(stderr.strip().splitlines()[-8:])
+def stderr_tail(stderr: str | bytes | None, lines: int = TAIL_LINES) -> str:
+    """The last lines of a process's stderr, on one line, for error messages."""
+    if isinstance(stderr, bytes):
+        stderr = stderr.decode(errors="replace")
+    kept = [line.strip() for line in (stderr or "").strip().splitlines() if line.strip()][-lines:]
+    return " | ".join(kept) or "(empty)"
+
+
+def parse_runner_output(target: str, stdout: str, stderr: str, returncode: int) -> dict[str, Any]:
+    """The runner's JSON answer, or a TargetError that quotes what went wrong.
+
+    A negative returncode is a signal (the benchmark was killed): nothing it printed is used.
+    """
+    tail = stderr_tail(stderr)
     if returncode < 0:
         try:
             name = signal.Signals(-returncode).name
@@ -27,9 +37,9 @@ def parse_runner_output(
             name = str(-returncode)
         raise TargetError(
             f"target '{target}': the runner was killed by signal {name}; "
-            f"no result recorded. stderr tail: {tail or '(empty)'}"
+            f"no result recorded. stderr tail: {tail}"
         )
-    lines = [line for line in completed_stdout.strip().splitlines() if line.startswith("{")]
+    lines = [line for line in stdout.strip().splitlines() if line.startswith("{")]
     try:
         answer = json.loads(lines[-1]) if lines else None
     except json.JSONDecodeError:
@@ -37,18 +47,20 @@ def parse_runner_output(
     if not isinstance(answer, dict):
         raise TargetError(
             f"target '{target}': the runner exited {returncode} without a JSON answer; "
-            f"stderr tail: {tail or '(empty)'}"
+            f"no result recorded. stderr tail: {tail}"
         )
-    if not answer.get("ok"):
-        error = answer.get("error", {})
+    if not answer.get("ok") or returncode != 0:
+        error = answer.get("error") or {}
         raise TargetError(
-            f"target '{target}': {error.get('message', 'runner failed')} "
-            f"[{error.get('type', 'error')}]" + (f"; stderr tail: {tail}" if tail and returncode != 3 else "")
+            f"target '{target}': {error.get('message', f'runner exited {returncode}')} "
+            f"[{error.get('type', 'error')}]; stderr tail: {tail}"
         )
     return answer
 
 
 class LocalTarget:
+    """This machine; `connection.python` picks the interpreter (default: the one running us)."""
+
     def __init__(self, profile: TargetProfile):
         self.profile = profile
         self.python = profile.connection.python or sys.executable
@@ -58,6 +70,8 @@ class LocalTarget:
         if self.profile.runtime.tflite_backend != "auto" and str(request["model"]).endswith(".tflite"):
             request = {"backend": self.profile.runtime.tflite_backend, **request}
         request = {**request, "model": str(Path(request["model"]).resolve())}
+        if request.get("inputs"):
+            request["inputs"] = str(Path(request["inputs"]).resolve())
         command = [self.python, str(RUNNER_PATH), "-"]
         try:
             completed = subprocess.run(
@@ -67,14 +81,15 @@ class LocalTarget:
                 text=True,
                 timeout=timeout,
             )
-        except FileNotFoundError as e:
+        except (FileNotFoundError, PermissionError) as e:
             raise TargetError(
-                f"target '{self.profile.name}': python executable not found: {self.python}; "
-                "fix connection.python in the target profile"
+                f"target '{self.profile.name}': python executable not usable: {self.python} "
+                f"({type(e).__name__}); fix connection.python in the target profile"
             ) from e
         except subprocess.TimeoutExpired as e:
             raise TargetError(
                 f"target '{self.profile.name}': the runner did not finish within {timeout:g} s "
-                "(raise bench.timeout_seconds, or lower max_seconds); no result recorded"
+                "(raise bench.timeout_seconds, or lower max_seconds); no result recorded. "
+                f"stderr tail: {stderr_tail(e.stderr)}"
             ) from e
         return parse_runner_output(self.profile.name, completed.stdout, completed.stderr, completed.returncode)
