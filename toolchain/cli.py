@@ -230,6 +230,155 @@ def bench(
         out.print(f"wrote {out_file}")
 
 
+emulator_app = typer.Typer(help="A Raspberry Pi without a Pi: the Pi's own aarch64 runtimes under QEMU.",
+                           no_args_is_help=True)
+app.add_typer(emulator_app, name="emulator")
+CacheDirOption = Annotated[
+    Path | None,
+    typer.Option("--cache-dir", help="Where the emulated stack lives (default: $EDGE_TOOLCHAIN_CACHE/emulator "
+                 "or ~/.cache/edge-toolchain/emulator)."),
+]
+
+
+@emulator_app.command("setup")
+def emulator_setup(
+    target: Annotated[list[str] | None, typer.Option("--target", "-t", help="raspberry-pi-4 or raspberry-pi-5; "
+                                                     "repeatable (default: both).")] = None,
+    runtime: Annotated[list[str] | None, typer.Option("--runtime", help="tflite_runtime or ai_edge_litert "
+                                                      "(with onnxruntime); repeatable (default: both).")] = None,
+    cache_dir: CacheDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the stack status as JSON.")] = False,
+) -> None:
+    """Build the emulated stack once: qemu-user-static, arm64 python3.11 .debs, aarch64 wheels."""
+    from .emulator.stack import BOARDS, RUNTIMES, setup_stack
+    from .errors import InputError
+
+    for name in target or []:
+        if name not in BOARDS:
+            raise InputError(f"--target must be one of {', '.join(BOARDS)}, got {name!r}")
+    for name in runtime or []:
+        if name not in RUNTIMES:
+            raise InputError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {name!r}")
+    state = setup_stack(cache_dir, target, runtime, log=lambda m: err.print(f"[dim]·[/] {m}", highlight=False))
+    if as_json:
+        print(json.dumps(state, indent=2))
+        return
+    _print_emulator_status(state)
+    built = ", ".join(state["last_setup"]["built"]) or "nothing, all cached"
+    out.print(f"setup took {state['last_setup']['seconds']:.1f} s (built: {built})")
+
+
+@emulator_app.command("status")
+def emulator_status(
+    cache_dir: CacheDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Say what is built in the emulated stack's cache folder."""
+    from .emulator.stack import stack_status
+
+    state = stack_status(cache_dir)
+    if as_json:
+        print(json.dumps(state, indent=2))
+        return
+    _print_emulator_status(state)
+
+
+def _print_emulator_status(state: dict[str, Any]) -> None:
+    mark = {True: "[green]ready[/]", False: "[red]missing[/]"}
+    out.print(f"[bold]emulated Raspberry Pi stack[/] in {state['cache_dir']}", highlight=False)
+    out.print(f"qemu:   {mark[state['qemu']['ready']]} {state['qemu']['version'] or ''}", highlight=False)
+    out.print(f"python: {mark[state['python']['ready']]} Debian bookworm arm64 python{state['python']['version']} "
+              f"({state['python']['rootfs_megabytes']} MB)", highlight=False)
+    for name, board in state["boards"].items():
+        out.print(f"board {name}: {mark[board['ready']]} -cpu {board['qemu_cpu']}", highlight=False)
+    for name, site in state["runtimes"].items():
+        packages = ", ".join(f"{k} {v}" for k, v in site["packages"].items()
+                             if k in ("numpy", "tflite-runtime", "ai-edge-litert", "onnxruntime"))
+        out.print(f"runtime {name}: {mark[site['ready']]} {packages} ({site['megabytes']} MB)", highlight=False)
+    if not all([state["qemu"]["ready"], state["python"]["ready"],
+                *(b["ready"] for b in state["boards"].values()), *(r["ready"] for r in state["runtimes"].values())]):
+        out.print("build what is missing with `edge-toolchain emulator setup`")
+
+
+@emulator_app.command("check")
+def emulator_check(
+    artifacts: Annotated[list[Path], typer.Argument(help=".tflite / .onnx files to check.")],
+    target: Annotated[str, typer.Option("--target", "-t", help="raspberry-pi-4 or raspberry-pi-5.")] = "raspberry-pi-4",
+    runtime: Annotated[str, typer.Option("--runtime", help="Interpreter for .tflite files: tflite_runtime "
+                                         "or ai_edge_litert (.onnx always runs on onnxruntime).")] = "tflite_runtime",
+    inputs: Annotated[Path | None, typer.Option("--inputs", help="Inputs .npz keyed by input name (Keras layout); "
+                                                "default: 8 random samples.")] = None,
+    recipe: Annotated[str | None, typer.Option("--recipe", help="Tolerance recipe (default: from the file name "
+                                               "<name>.<recipe>.<format>, else fp32).")] = None,
+    golden: Annotated[Path | None, typer.Option("--golden", help="Save golden .npz files (inputs and emulated "
+                                                "outputs) of passing artifacts here.")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds per artifact.")] = 300.0,
+    cache_dir: CacheDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Load and invoke artifacts on the emulated Pi and compare their outputs with the host's."""
+    from .emulator.gate import check_files
+    from .errors import ParityError
+
+    document = check_files(artifacts, target, runtime, inputs=inputs, recipe=recipe, golden_dir=golden,
+                           timeout=timeout, cache_dir=cache_dir)
+    if as_json:
+        print(json.dumps(document, indent=2))
+    else:
+        for name, record in document["artifacts"].items():
+            verdict = "[green]pass[/]" if record["verdict"] == "pass" else "[red]FAIL[/]"
+            seconds = record["emulated_seconds"]
+            out.print(f"{verdict} {name}: {record['summary']} [dim](emulated run {seconds:.1f} s)[/]", highlight=False)
+    failed = [n for n, r in document["artifacts"].items() if r["verdict"] != "pass"]
+    if failed:
+        raise ParityError(f"{len(failed)} artifact(s) fail on the emulated {target}: {', '.join(failed)}")
+
+
+HEAD_HELP = ("New head, comma-separated: gap | gmp | flatten | dense:UNITS[:ACT] | dropout:RATE | "
+             "activation:NAME | classes:N[:softmax|linear], e.g. 'gap,dense:64:relu,dropout:0.2,classes:10'.")
+
+
+@app.command("truncate")
+def truncate_command(
+    model: Annotated[Path, typer.Argument(help="Keras model (.keras or .h5).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Truncated model to write (.keras).")],
+    at: Annotated[list[str] | None, typer.Option(
+        "--at", metavar="LAYER", help="Cut after this layer (name, outer/inner, or index into model.layers, "
+        "negative from the end: --at=-3). Repeat for a multi-output model.")] = None,
+    drop: Annotated[list[str] | None, typer.Option(
+        "--drop", metavar="NAME", help="Drop a shape-preserving layer, or a residual block named by its Add "
+        "layer (e.g. block_14_add). Repeatable.")] = None,
+    head: Annotated[str | None, typer.Option("--head", metavar="SPEC", help=HEAD_HELP)] = None,
+    train: Annotated[Path | None, typer.Option(
+        "--train", metavar="DATA.npz", help="Labelled data (inputs by name + labels) to train the head on; "
+        "the base stays frozen.")] = None,
+    labels_key: Annotated[str, typer.Option("--labels-key", help="Key of the labels in --train.")] = "y",
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Head training epochs.")] = 10,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the head's initialisation and training.")] = 0,
+    trust_model: Annotated[
+        bool, typer.Option("--trust-model", help="Allow Lambda and custom layers (runs code from the model).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Cut a model at layers, drop inner layers or residual blocks, and attach a new head."""
+    from .stages.truncate import truncate_file
+
+    info = truncate_file(model, output, at=at, drop=drop, head=head, train=train, labels_key=labels_key,
+                         epochs=epochs, seed=seed, trust=trust_model)
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    macs = info["macs"]
+    out.print(f"[bold]{info['path']}[/]  {info['bytes']:,} bytes, sha256 {info['sha256'][:16]}…", highlight=False)
+    out.print(f"parameters: {info['params']['before']:,} → {info['params']['after']:,}", highlight=False)
+    if macs["before"] is not None and macs["after"] is not None:
+        out.print(f"MACs:       {macs['before']:,} → {macs['after']:,}", highlight=False)
+    for t in info["outputs"]:
+        out.print(f"output {t['name']}: {t['shape']} {t['dtype']}", highlight=False)
+    if head and not info["head_trained"]:
+        out.print("the new head is untrained (give --train DATA.npz to train it)")
+
+
 def _print_summary(result: Any, quiet: bool) -> None:
     from .stages.report import COLUMNS, summary_rows
 

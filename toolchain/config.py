@@ -253,7 +253,7 @@ def _did_you_mean(word: str, candidates: list[str]) -> str:
 class ConnectionSection(Section):
     """How to reach the device. `ssh` uses the system OpenSSH client (honours ~/.ssh/config)."""
 
-    kind: Literal["local", "ssh"] = "local"
+    kind: Literal["local", "ssh", "emulated"] = "local"
     host: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:\[\]%-]+$")  # name, IP or ssh_config alias
     user: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
     port: int | None = Field(default=None, ge=1, le=65535)
@@ -264,13 +264,19 @@ class ConnectionSection(Section):
     connect_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
     retries: int = Field(default=2, ge=0, le=10)  # extra attempts after a connection failure
     python: str | None = None  # the device's python; default: this interpreter (local), python3 (ssh)
+    # emulated: the Raspberry Pi QEMU presents (CPU model, /proc/cpuinfo); see toolchain/emulator
+    board: Literal["raspberry-pi-4", "raspberry-pi-5"] | None = None
 
     @model_validator(mode="after")
     def _ssh_needs_host(self) -> ConnectionSection:
         ssh_only = ("host", "user", "port", "identity", "ssh_config", "known_hosts")
         if self.kind == "ssh" and not self.host:
             raise ValueError("kind = 'ssh' needs 'host' (a host name, address or ssh_config alias)")
-        if self.kind == "local":
+        if self.kind == "emulated" and not self.board:
+            raise ValueError("kind = 'emulated' needs 'board' (raspberry-pi-4 or raspberry-pi-5)")
+        if self.kind != "emulated" and self.board is not None:
+            raise ValueError("board only applies to kind = 'emulated'")
+        if self.kind in ("local", "emulated"):
             given = [k for k in ssh_only if getattr(self, k) is not None]
             if given:
                 raise ValueError(f"{', '.join(given)} only apply to kind = 'ssh'")

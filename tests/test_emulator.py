@@ -1,0 +1,226 @@
+"""The Raspberry Pi's own aarch64 runtimes under QEMU: setup, gate, golden outputs, crashes, hangs.
+
+The emulated stack is built once into EDGE_TOOLCHAIN_TEST_CACHE (default
+~/.cache/edge-toolchain-tests)/emulator and reused across sessions (setup holds a file lock).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import random_images
+
+from toolchain.cli import main
+from toolchain.emulator.gate import gate_profile, tolerance_for_recipe
+from toolchain.emulator.run import run_emulated
+from toolchain.emulator.stack import Stack, setup_stack
+
+pytestmark = pytest.mark.heavy
+
+TEST_CACHE = Path(os.environ.get("EDGE_TOOLCHAIN_TEST_CACHE", Path.home() / ".cache" / "edge-toolchain-tests"))
+
+
+@pytest.fixture(scope="session")
+def emulator_cache() -> Path:
+    """The emulated stack (both boards, both runtimes), built once and cached across sessions."""
+    folder = TEST_CACHE / "emulator"
+    setup_stack(folder)
+    return folder
+
+
+@pytest.fixture
+def use_test_cache(monkeypatch, emulator_cache):
+    """Targets and the pipeline find the stack through EDGE_TOOLCHAIN_CACHE."""
+    monkeypatch.setenv("EDGE_TOOLCHAIN_CACHE", str(emulator_cache.parent))
+    return emulator_cache
+
+
+@pytest.fixture(scope="session")
+def cnn_artifacts(tmp_path_factory, small_cnn) -> Path:
+    """The small CNN as fp32 and int8 (full integer, int8 I/O) TFLite files, plus 8 inputs."""
+    from toolchain.data import Dataset
+    from toolchain.stages.export_tflite import export_tflite
+
+    folder = tmp_path_factory.mktemp("emulated-artifacts")
+    export_tflite(small_cnn, folder / "cnn.fp32.tflite")
+    calibration = Dataset({"pixels": random_images(64, seed=1)})
+    export_tflite(small_cnn, folder / "cnn.int8.tflite", recipe="int8", calibration=calibration)
+    np.savez(folder / "inputs.npz", pixels=random_images(8, seed=2))
+    return folder
+
+
+def _check(capsys, *args: str) -> tuple[int, dict]:
+    code = main(["emulator", "check", *args, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def _corrupt_operator_inputs(source: Path, target: Path) -> None:
+    """Point the first operator's `inputs` vector 2 GB past the file: the identifier and the
+    tensors the host reads stay valid, only a runtime that skips flatbuffer verification reads it."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    data = bytearray(source.read_bytes())
+    op = fb.Model.GetRootAs(data, 0).Subgraphs(0).Operators(0)
+    struct.pack_into("<I", data, op._tab.Pos + op._tab.Offset(6), 0x7FFFFFF0)
+    target.write_bytes(bytes(data))
+
+
+def test_setup_is_cached_and_status_reports_the_stack(emulator_cache, capsys):
+    assert main(["emulator", "setup", "--cache-dir", str(emulator_cache), "--json"]) == 0
+    state = json.loads(capsys.readouterr().out)
+    assert state["last_setup"]["built"] == []  # everything came from the cache
+    assert main(["emulator", "status", "--cache-dir", str(emulator_cache), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["qemu"]["ready"] and "qemu-aarch64" in status["qemu"]["version"]
+    assert status["boards"]["raspberry-pi-4"]["qemu_cpu"] == "cortex-a72"
+    assert status["boards"]["raspberry-pi-5"]["qemu_cpu"] == "cortex-a76"
+    assert status["runtimes"]["tflite_runtime"]["packages"]["tflite-runtime"] == "2.14.0"
+    assert status["runtimes"]["tflite_runtime"]["packages"]["numpy"].startswith("1.")
+    assert {"ai-edge-litert", "onnxruntime"} <= set(status["runtimes"]["ai_edge_litert"]["packages"])
+
+
+def test_emulated_python_is_the_pis(emulator_cache):
+    stack = Stack(emulator_cache)
+    run = run_emulated(stack, "raspberry-pi-5", "tflite_runtime", Path("-c"), [
+        "import platform, sys; print(platform.machine(), sys.version_info[:2], open('/proc/cpuinfo').read())"],
+        timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("aarch64 (3, 11)")
+    assert "Raspberry Pi 5" in run.stdout and "0xd0b" in run.stdout  # the board's cpuinfo, not the host's
+
+
+@pytest.mark.parametrize("runtime,board", [("tflite_runtime", "raspberry-pi-4"), ("ai_edge_litert", "raspberry-pi-5")])
+def test_small_cnn_fp32_and_int8_match_the_host(emulator_cache, cnn_artifacts, capsys, tmp_path, runtime, board):
+    golden = tmp_path / "golden"
+    code, document = _check(capsys, str(cnn_artifacts / "cnn.fp32.tflite"), str(cnn_artifacts / "cnn.int8.tflite"),
+                            "--target", board, "--runtime", runtime, "--inputs", str(cnn_artifacts / "inputs.npz"),
+                            "--golden", str(golden), "--cache-dir", str(emulator_cache))
+    assert code == 0, document
+    for name, recipe in (("cnn.fp32.tflite", "fp32"), ("cnn.int8.tflite", "int8")):
+        record = document["artifacts"][name]
+        assert record["verdict"] == "pass", record["failures"]
+        assert record["backend"] == runtime and record["timing"] == "emulated"
+        if runtime == "tflite_runtime":
+            assert record["backend_version"] == "2.14.0"
+        limit = tolerance_for_recipe(recipe).max_abs_error
+        assert 0 <= record["outputs"]["scores"]["normalized_max_error"] <= limit
+        with np.load(golden / f"{name}.{board}.{runtime}.golden.npz") as saved:
+            assert saved["input:pixels"].shape == (8, 16, 16, 3)
+            assert saved["output:scores"].shape == (8, 5)
+            assert np.allclose(saved["output:scores"].sum(axis=1), 1.0, atol=0.05)  # softmax rows
+
+
+def test_runtime_crash_is_a_failure_with_the_signal(emulator_cache, cnn_artifacts, capsys, tmp_path):
+    broken = tmp_path / "cnn.fp32.tflite"
+    _corrupt_operator_inputs(cnn_artifacts / "cnn.fp32.tflite", broken)
+    code, document = _check(capsys, str(broken), "--cache-dir", str(emulator_cache), "--timeout", "120",
+                            "--golden", str(tmp_path / "golden"))
+    assert code == 5
+    record = document["artifacts"][broken.name]
+    assert record["verdict"] == "fail" and record["failure"] == "crash" and record["signal"] == "SIGSEGV"
+    assert "killed by SIGSEGV" in record["failures"][0]
+    assert record["emulated_seconds"] < 120
+    assert not (tmp_path / "golden").exists()  # nothing golden about a crash
+    # ai-edge-litert verifies the flatbuffer first: the same file is a clean load error there
+    code, document = _check(capsys, str(broken), "--runtime", "ai_edge_litert", "--cache-dir", str(emulator_cache))
+    record = document["artifacts"][broken.name]
+    assert code == 5 and record["failure"] == "load_failed" and record["signal"] is None
+    assert "not a valid Flatbuffer" in record["failures"][0]
+
+
+def test_a_hang_is_killed_at_the_timeout(emulator_cache, tmp_path):
+    script = tmp_path / "hang.py"
+    script.write_text("import time\nwhile True:\n    time.sleep(1)\n")
+    run = run_emulated(Stack(emulator_cache), "raspberry-pi-4", "tflite_runtime", script, [], timeout=5)
+    assert run.timed_out and run.returncode is None
+    assert run.failure()["kind"] == "timeout"
+    assert "no answer within 5 s" in run.failure()["message"]
+    assert run.seconds < 60
+
+
+def test_missing_stack_names_the_setup_command(tmp_path, cnn_artifacts, capsys):
+    code = main(["emulator", "check", str(cnn_artifacts / "cnn.fp32.tflite"), "--cache-dir", str(tmp_path)])
+    assert code == 3
+    assert "edge-toolchain emulator setup --target raspberry-pi-4" in capsys.readouterr().err
+    assert main(["emulator", "status", "--cache-dir", str(tmp_path)]) == 0
+    assert "emulator setup" in capsys.readouterr().out
+
+
+def test_bad_command_line_values(cnn_artifacts, capsys, emulator_cache):
+    assert main(["emulator", "setup", "--target", "raspberry-pi-3"]) == 2
+    assert "--target must be one of raspberry-pi-4, raspberry-pi-5" in capsys.readouterr().err
+    assert main(["emulator", "setup", "--runtime", "tensorflow"]) == 2
+    assert "--runtime must be one of tflite_runtime, ai_edge_litert" in capsys.readouterr().err
+    assert main(["emulator", "check", str(cnn_artifacts / "cnn.fp32.tflite"), "--target", "raspberry-pi-3"]) == 2
+    assert "--target must be one of" in capsys.readouterr().err
+    assert main(["emulator", "check", str(cnn_artifacts / "cnn.fp32.tflite"), "--runtime", "tensorflow"]) == 2
+    assert "--runtime must be one of" in capsys.readouterr().err
+    wrong = cnn_artifacts.parent / "wrong-inputs.npz"
+    np.savez(wrong, image=random_images(2))
+    assert main(["emulator", "check", str(cnn_artifacts / "cnn.fp32.tflite"), "--inputs", str(wrong),
+                 "--cache-dir", str(emulator_cache)]) == 2
+    assert "has no array for input(s) pixels (it has: image)" in capsys.readouterr().err
+
+
+def test_emulated_profiles_validate(tmp_path):
+    from toolchain.config import find_profile, load_profile
+    from toolchain.errors import ConfigError
+
+    assert find_profile("raspberry-pi-4-emulated").connection.board == "raspberry-pi-4"
+    assert find_profile("raspberry-pi-5-emulated").connection.board == "raspberry-pi-5"
+    no_board = tmp_path / "pi.toml"
+    no_board.write_text('name = "pi"\n[connection]\nkind = "emulated"\n')
+    with pytest.raises(ConfigError, match="kind = 'emulated' needs 'board'"):
+        load_profile(no_board)
+    stray = tmp_path / "box.toml"
+    stray.write_text('name = "box"\n[connection]\nkind = "local"\nboard = "raspberry-pi-4"\n')
+    with pytest.raises(ConfigError, match="board only applies to kind = 'emulated'"):
+        load_profile(stray)
+    from toolchain.errors import InputError
+
+    with pytest.raises(InputError, match="is not an emulated target"):
+        gate_profile(Path("x.tflite"), find_profile("local"), {}, None, recipe="fp32")
+
+
+def test_bench_on_an_emulated_target_is_labelled_emulated(use_test_cache, cnn_artifacts, capsys):
+    code = main(["bench", str(cnn_artifacts / "cnn.int8.tflite"), "--target", "raspberry-pi-4-emulated",
+                 "--min-runs", "3", "--json"])
+    assert code == 0
+    (record,) = json.loads(capsys.readouterr().out)["results"]
+    assert record["connection"] == "emulated"
+    assert record["environment"]["emulated"]["qemu_cpu"] == "cortex-a72"
+    assert record["environment"]["machine"] == "aarch64" and record["environment"]["backend_version"] == "2.14.0"
+    from toolchain.stages.bench import comparison_rows
+
+    assert "EMULATED" in comparison_rows([record])[0]["notes"]
+
+
+def test_pipeline_gates_every_artifact_on_the_emulated_pi(use_test_cache, demo_inputs, tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(demo_inputs, source)
+    (source / "gate.toml").write_text(
+        '[model]\npath = "digits_cnn.keras"\nname = "digits"\n'
+        '[data]\neval = "digits_eval.npz"\nsamples = 64\n'
+        '[data.calibration]\nsource = "digits_train.npz"\nsamples = 64\n'
+        '[export]\nformats = ["tflite", "onnx"]\ntargets = ["raspberry-pi-4-emulated"]\n'
+        '[export.tflite]\nrecipes = ["fp32", "int8"]\n[export.onnx]\nrecipes = ["fp32"]\n'
+        '[verify]\nsamples = 64\n[bench]\nenabled = false\n[report]\nenabled = true\n'
+    )
+    run_dir = tmp_path / "run"
+    assert main(["run", str(source / "gate.toml"), "--out", str(run_dir), "--quiet"]) == 0
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    verify = json.loads((run_dir / "verify.json").read_text())
+    assert len(manifest["artifacts"]) == 3
+    for artifact in manifest["artifacts"]:
+        gate = artifact["compat"]["raspberry-pi-4-emulated"]
+        assert gate["verdict"] == "pass", gate["failures"]
+        assert gate["timing"] == "emulated" and gate["qemu_cpu"] == "cortex-a72"
+        assert gate["backend"] == ("onnxruntime" if artifact["format"] == "onnx" else "tflite_runtime")
+        assert (run_dir / gate["golden"]).is_file()
+        assert verify["artifacts"][artifact["name"]]["compat"]["raspberry-pi-4-emulated"]["verdict"] == "pass"
