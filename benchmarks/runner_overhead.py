@@ -39,7 +39,8 @@ if path.endswith(".onnx"):
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     first = session.get_inputs()[0]
-    feed = {first.name: np.random.RandomState(0).uniform(0, 1, [d if isinstance(d, int) else 1 for d in first.shape]).astype(np.float32)}
+    shape = [d if isinstance(d, int) else 1 for d in first.shape]
+    feed = {first.name: np.random.RandomState(0).uniform(0, 1, shape).astype(np.float32)}
     def invoke():
         session.run(None, feed)
 else:
@@ -47,7 +48,8 @@ else:
     interpreter = Interpreter(model_path=path, num_threads=1)
     interpreter.allocate_tensors()
     detail = interpreter.get_input_details()[0]
-    interpreter.set_tensor(detail["index"], np.random.RandomState(0).uniform(0, 1, detail["shape"]).astype(detail["dtype"]))
+    data = np.random.RandomState(0).uniform(0, 1, detail["shape"]).astype(detail["dtype"])
+    interpreter.set_tensor(detail["index"], data)
     invoke = interpreter.invoke
 for _ in range(max(5, runs // 20)):
     invoke()

@@ -113,6 +113,27 @@ class ReportSection(Section):
     enabled: bool = True
 
 
+class BudgetLimits(Section):
+    """Limits an artifact must meet on a target; unset limits are not checked."""
+
+    max_p90_ms: float | None = Field(default=None, gt=0)
+    max_peak_memory_mb: float | None = Field(default=None, gt=0)
+    max_file_mb: float | None = Field(default=None, gt=0)
+    min_accuracy: float | None = Field(default=None, ge=0, le=1)  # fraction, 0.95 = 95%
+    max_accuracy_drop: float | None = Field(default=None, ge=0, le=1)  # vs Keras fp32, 0.01 = 1 pt
+
+
+class BudgetsSection(BudgetLimits):
+    """The pipeline's [budgets]: the same keys as a target profile's [budgets], for every target."""
+
+    release_candidate: str | None = None  # artifact name; if it fails a budget, `run` exits 7
+
+
+class PackageSection(Section):
+    version: str = Field(default="0.0.0", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+    source_date_epoch: int | None = Field(default=None, ge=0)  # SOURCE_DATE_EPOCH wins if set
+
+
 class OutputSection(Section):
     dir: PathValue = Path("run")
 
@@ -124,6 +145,8 @@ class PipelineConfig(Section):
     verify: VerifySection = Field(default_factory=VerifySection)
     bench: BenchSection = Field(default_factory=BenchSection)
     report: ReportSection = Field(default_factory=ReportSection)
+    budgets: BudgetsSection = Field(default_factory=BudgetsSection)
+    package: PackageSection = Field(default_factory=PackageSection)
     output: OutputSection = Field(default_factory=OutputSection)
 
     @property
