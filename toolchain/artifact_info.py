@@ -11,8 +11,18 @@ from typing import Any
 
 from .errors import ModelLoadError
 from .fileio import sha256_file
+from .tflite_metadata import PROVENANCE_KEY, read_metadata
 
 FORMATS = {".tflite": "tflite", ".onnx": "onnx", ".keras": "keras", ".h5": "keras"}
+# ONNX metadata key listing the inputs exported channels-first (export --nchw)
+NCHW_INPUTS_KEY = "edge_toolchain.nchw_inputs"
+
+
+def to_artifact_layout(inputs: dict[str, Any], metadata: dict[str, str]) -> dict[str, Any]:
+    """Keras-layout (NHWC) input arrays -> the artifact's layout (NCHW where metadata says so)."""
+    nchw = {n for n in metadata.get(NCHW_INPUTS_KEY, "").split(",") if n}
+    return {name: array.transpose(0, 3, 1, 2) if name in nchw and array.ndim == 4 else array
+            for name, array in inputs.items()}
 
 
 def describe(path: str | Path, *, trust: bool = False) -> dict[str, Any]:
@@ -67,7 +77,6 @@ def _parse_tflite(data: bytes) -> dict[str, Any]:
     if model.SubgraphsLength() < 1:
         raise ModelLoadError("TFLite model has no subgraph")
     type_names = _enum_names(fb.TensorType)
-    op_names = _enum_names(fb.BuiltinOperator)
     subgraph = model.Subgraphs(0)
 
     def tensor_info(index: int, name: str | None = None) -> dict[str, Any]:
@@ -106,6 +115,28 @@ def _parse_tflite(data: bytes) -> dict[str, Any]:
         outputs = [tensor_info(int(i)) for i in subgraph.OutputsAsNumpy()]
         signature_keys = []
 
+    metadata = read_metadata(data)
+    runtime = metadata.get("min_runtime_version")
+    return {
+        "inputs": inputs,
+        "outputs": outputs,
+        "ops": tflite_ops(data),
+        "signatures": signature_keys,
+        "tflite_schema_version": int(model.Version()),
+        "metadata_keys": sorted(metadata),
+        # the converter's own estimate of the oldest interpreter that has every op version
+        "min_runtime_version": runtime if isinstance(runtime, str) else None,
+        # provenance, flat like ONNX metadata_props: same keys for both formats
+        "metadata": provenance if isinstance(provenance := metadata.get(PROVENANCE_KEY), dict) else {},
+    }
+
+
+def tflite_ops(data: bytes) -> list[dict[str, Any]]:
+    """Operator codes of a flatbuffer: builtin ops with versions, custom and Flex ops."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    model = fb.Model.GetRootAs(data, 0)
+    op_names = _enum_names(fb.BuiltinOperator)
     ops = []
     for i in range(model.OperatorCodesLength()):
         code = model.OperatorCodes(i)
@@ -117,18 +148,7 @@ def _parse_tflite(data: bytes) -> dict[str, Any]:
             ops.append({"name": custom, "version": int(code.Version()), "kind": kind})
         else:
             ops.append({"name": name, "version": int(code.Version()), "kind": "builtin"})
-    metadata = {}
-    for i in range(model.MetadataLength()):
-        entry = model.Metadata(i)
-        metadata[entry.Name().decode()] = int(entry.Buffer())
-    return {
-        "inputs": inputs,
-        "outputs": outputs,
-        "ops": sorted(ops, key=lambda o: (o["kind"], o["name"])),
-        "signatures": signature_keys,
-        "tflite_schema_version": int(model.Version()),
-        "metadata_keys": sorted(metadata),
-    }
+    return sorted(ops, key=lambda o: (o["kind"], o["name"]))
 
 
 # ---- ONNX -------------------------------------------------------------------

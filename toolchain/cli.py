@@ -49,14 +49,79 @@ def run(
         Path | None, typer.Option("--out", "-o", help="Run directory (default: output.dir of the config).")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    junit: Annotated[
+        Path | None, typer.Option("--junit", help="Write the budget checks as JUnit XML to this file (for CI).")
+    ] = None,
 ) -> None:
-    """Run a pipeline: export, verify, benchmark and report."""
+    """Run a pipeline: export, verify, benchmark, check budgets and report."""
     from .config import load_config
+    from .junit import write_junit
     from .pipeline import run_pipeline
 
     config, raw = load_config(pipeline)
-    result = run_pipeline(config, raw, out_dir, console=err, quiet=quiet)
+    try:
+        result = run_pipeline(config, raw, out_dir, console=err, quiet=quiet)
+    except ToolchainError as e:
+        if junit:
+            evaluation = getattr(e, "evaluation", None)
+            write_junit(junit, evaluation, None if evaluation else str(e))
+        raise
+    if junit:
+        write_junit(junit, result.budgets)
     _print_summary(result, quiet)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (written by `run` or `demo`).")],
+) -> None:
+    """Rebuild report/report.md and report/report.html from a run's JSON files."""
+    from .stages.report import load_run
+    from .stages.report_html import write_reports
+
+    md, page = write_reports(load_run(run_dir))
+    out.print(f"report: {md}\n        {page}")
+
+
+@app.command()
+def package(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (written by `run` or `demo`).")],
+    target: Annotated[str, typer.Option("--target", "-t", help="Target profile the bundle is for.")],
+    artifact: Annotated[
+        list[str] | None,
+        typer.Option("--artifact", "-a", help="Artifact to ship (repeatable). Default: the best one "
+                                              "that passes the budgets on the target."),
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option("--version", help="Bundle version (default: [package] version, else 0.0.0).")
+    ] = None,
+    targets_dir: Annotated[
+        Path | None, typer.Option("--targets-dir", help="A folder of your own target profiles.")
+    ] = None,
+) -> None:
+    """Write a reproducible release bundle RUN_DIR/packages/<model>-<version>-<target>.tar.gz."""
+    from .package import package_run
+
+    result = package_run(run_dir, target, artifact or None, version, [targets_dir] if targets_dir else None)
+    out.print(f"chose: {result.reason}", highlight=False)
+    out.print(f"bundle: {result.path}\nsha256: {result.sha256}", highlight=False)
+
+
+@app.command("verify-bundle")
+def verify_bundle_command(
+    bundle: Annotated[Path, typer.Argument(help="A bundle .tar.gz written by `package`.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Check a release bundle's checksums and manifest (exit 5 if damaged or tampered with)."""
+    from .package import verify_bundle
+
+    summary = verify_bundle(bundle)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    out.print(f"OK {summary['name']}: {summary['files']} files match SHA256SUMS and manifest.json; "
+              f"target {summary['target']}, artifacts {', '.join(summary['artifacts'])}; "
+              f"bundle checksum beside it: {summary['outer_checksum']}", highlight=False)
 
 
 @app.command()
@@ -382,7 +447,7 @@ def truncate_command(
 def _print_summary(result: Any, quiet: bool) -> None:
     from .stages.report import COLUMNS, summary_rows
 
-    rows = summary_rows(result.manifest)
+    rows = summary_rows(result.manifest, getattr(result, "budgets", None))
     table = Table(title="edge-toolchain run")
     keep = [(k, t) for k, t in COLUMNS if k not in ("format",)]
     for _, title in keep:
@@ -390,6 +455,11 @@ def _print_summary(result: Any, quiet: bool) -> None:
     for row in rows:
         table.add_row(*[row[k] for k, _ in keep])
     out.print(table)
+    budgets = getattr(result, "budgets", None) or {}
+    for r in budgets.get("results", []):
+        if not r["passed"]:
+            out.print(f"[red]over budget[/] {r['artifact']} on {r['target']}: {'; '.join(r['failures'])}",
+                      highlight=False)
     out.print(f"run directory: {result.run_dir}")
     out.print(f"manifest:      {result.run_dir / 'manifest.json'}")
     if result.report:

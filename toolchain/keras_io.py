@@ -133,8 +133,14 @@ def input_signature(model: Any) -> list[TensorInfo]:
     ]
 
 
+def output_names(model: Any) -> list[str]:
+    """Output names; Sequential models have no `output_names`, so use the last layers' names."""
+    names = getattr(model, "output_names", None)
+    return list(names) if names else [_layer_name(t) for t in model.outputs]
+
+
 def output_signature(model: Any) -> list[TensorInfo]:
-    names = list(model.output_names)
+    names = output_names(model)
     return [
         TensorInfo(name, tuple(t.shape[1:]), _dtype_name(t.dtype))
         for name, t in zip(names, model.outputs, strict=True)
@@ -142,7 +148,14 @@ def output_signature(model: Any) -> list[TensorInfo]:
 
 
 def _tensor_name(tensor: Any) -> str:
-    name = getattr(tensor, "name", None) or "input"
+    """The InputLayer's name: stable across save/load, unlike auto-named `keras_tensor_N`."""
+    return _layer_name(tensor)
+
+
+def _layer_name(tensor: Any) -> str:
+    history = getattr(tensor, "_keras_history", None)
+    name = getattr(getattr(history, "operation", None), "name", None)
+    name = name or getattr(tensor, "name", None) or "input"
     return name.split(":")[0]
 
 
@@ -158,11 +171,11 @@ def run_keras(model: Any, inputs: dict[str, Any], batch_size: int = 32) -> dict[
     args = [inputs[n] for n in names]
     result = model.predict(args if len(args) > 1 else args[0], batch_size=batch_size, verbose=0)
     if isinstance(result, dict):
-        outputs = [result[k] for k in model.output_names]
+        outputs = [result[k] for k in output_names(model)]
     else:
         outputs = result if isinstance(result, (list, tuple)) else [result]
     return {
-        name: np.asarray(out) for name, out in zip(model.output_names, outputs, strict=True)
+        name: np.asarray(out) for name, out in zip(output_names(model), outputs, strict=True)
     }
 
 
@@ -179,14 +192,14 @@ def serving_function(model: Any, batch_size: int | None = 1) -> tuple[Any, list[
         tf.TensorSpec((batch_size, *info.shape), tf.as_dtype(info.dtype), name=info.name)
         for info in inputs
     ]
-    output_names = list(model.output_names)
+    names_out = output_names(model)
 
     def serve(*args):
         result = model(list(args) if len(args) > 1 else args[0], training=False)
         if isinstance(result, dict):
-            result = [result[k] for k in output_names]
+            result = [result[k] for k in names_out]
         elif not isinstance(result, (list, tuple)):
             result = [result]
-        return dict(zip(output_names, result, strict=True))
+        return dict(zip(names_out, result, strict=True))
 
     return tf.function(serve, input_signature=specs), specs

@@ -13,16 +13,19 @@ import numpy as np
 from rich.console import Console
 
 from .artifact_info import describe
+from .budgets import check_release_candidate, evaluate_budgets, profile_limits, raise_if_release_candidate_fails
 from .config import PipelineConfig, config_sha256, find_profile
 from .data import Dataset, load_npz
 from .errors import ToolchainError
+from .estimate import write_estimates
 from .fileio import atomic_write_json, sha256_file
 from .keras_io import input_signature, load_model, output_signature, run_keras
 from .manifest import bench_summary, new_manifest, write_manifest
 from .stages.bench import run_benchmarks
 from .stages.export_onnx import export_onnx
 from .stages.export_tflite import export_tflite
-from .stages.report import write_report
+from .stages.report import RunDocuments
+from .stages.report_html import write_reports
 from .stages.verify import raise_on_failures, tolerance_for, verify_artifact
 
 RESULT_SCHEMA_VERSION = "1.0"
@@ -35,6 +38,7 @@ class RunResult:
     verify: dict[str, Any] | None = None
     bench: dict[str, Any] | None = None
     report: Path | None = None
+    budgets: dict[str, Any] | None = None
 
 
 @dataclass
@@ -115,6 +119,7 @@ def run_pipeline(
         manifest["stages"] = log.records
         write_manifest(run_dir, manifest)
         raise
+    raise_if_release_candidate_fails(result.budgets)  # exit 7, after the run's outputs are written
     return result
 
 
@@ -141,6 +146,7 @@ def _run_stages(
                                 opset=config.export.onnx.opset,
                                 metadata=_provenance(manifest, recipe))
             artifacts.append((path, fmt, recipe))
+    check_release_candidate(config.budgets, [p.name for p, _, _ in artifacts])
 
     for path, fmt, recipe in artifacts:
         info = describe(path)
@@ -200,15 +206,28 @@ def _run_stages(
         for artifact_name, record in records.items():
             record["bench"] = bench_summary([r for r in results_list if r["artifact"] == artifact_name])
 
+    profile_dirs = [config.bench.targets_dir] if config.bench.targets_dir else None
+    with log.stage("budgets"):
+        target_budgets = {t: profile_limits(find_profile(t, profile_dirs)) for t in config.bench.targets}
+        budgets_doc = evaluate_budgets(manifest, config.budgets, target_budgets)
+        atomic_write_json(run_dir / "budgets.json", budgets_doc)
+        manifest["files"]["budgets"] = "budgets.json"
+    with log.stage("estimate", "unmeasured targets"):
+        measured = config.bench.targets if config.bench.enabled else []
+        estimates_doc = write_estimates(run_dir, model, manifest["artifacts"], config.export.batch_size, measured,
+                                        profile_dirs)
+        manifest["files"]["estimates"] = "estimates.json"
+
     report_path = None
     manifest["status"] = "complete"
     if config.report.enabled:
         with log.stage("report"):
             manifest["files"]["report"] = "report/report.md"
-            report_path = write_report(run_dir, manifest, bench_doc)
+            manifest["files"]["report_html"] = "report/report.html"
+            report_path, _ = write_reports(RunDocuments(run_dir, manifest, bench_doc, budgets_doc, estimates_doc))
     manifest["stages"] = log.records
     write_manifest(run_dir, manifest)
-    return RunResult(run_dir, manifest, verify_doc, bench_doc, report_path)
+    return RunResult(run_dir, manifest, verify_doc, bench_doc, report_path, budgets_doc)
 
 
 def _provenance(manifest: dict[str, Any], recipe: str) -> dict[str, str]:

@@ -1,0 +1,154 @@
+"""report.md and report.html from a demo run, rebuilt by `edge-toolchain report`, checked in chromium."""
+
+import base64
+import json
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from toolchain.cli import main
+from toolchain.config import find_profile
+from toolchain.estimate import lower_bound_ms
+from toolchain.stages.report_html import pareto_front
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars"]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def run_copy(tmp_path, demo_run) -> Path:
+    target = tmp_path / "run"
+    shutil.copytree(demo_run, target, ignore=shutil.ignore_patterns("packages", "*.lock"))
+    return target
+
+
+def test_demo_run_writes_both_report_forms(demo_run):
+    md = (demo_run / "report" / "report.md").read_text()
+    page = (demo_run / "report" / "report.html").read_text()
+    for heading in ("## Summary", "## Sizes", "## Latency distributions (ms)", "## Benchmark environments",
+                    "## Charts"):
+        assert heading in md
+    assert "| Speedup vs fp32 |" in md and "| digits.fp32.tflite | tflite | fp32 |" in md
+    for key in ("latency", "tradeoff", "sizes"):
+        assert f"](plots/{key}.png)" in md
+        assert (demo_run / "report" / "plots" / f"{key}.png").read_bytes().startswith(PNG_SIGNATURE)
+        assert f'id="plot-{key}"' in page
+    assert "<script" not in page and not re.search(r"(src|href)=\"(https?:)?//", page), "must open offline"
+    manifest = json.loads((demo_run / "manifest.json").read_text())
+    assert manifest["files"]["report_html"] == "report/report.html"
+
+
+def test_estimates_for_unmeasured_targets_are_labelled(demo_run):
+    estimates = json.loads((demo_run / "estimates.json").read_text())
+    assert estimates["kind"] == "estimate" and estimates["macs_per_sample"] > 0
+    rows = {(e["artifact"], e["target"]): e for e in estimates["estimates"]}
+    assert not any(target == "local" for _, target in rows), "local was measured: no estimate"
+    pi4 = rows[("digits.fp32.tflite", "raspberry-pi-4")]
+    expected = lower_bound_ms(estimates["macs_per_sample"], pi4["bytes"], 57.6, 12.8)
+    assert pi4["lower_bound_ms"] == pytest.approx(expected["lower_bound_ms"])
+    md = (demo_run / "report" / "report.md").read_text()
+    assert "ESTIMATE, not a measurement" in md and "raspberry-pi-4" in md
+    assert "ESTIMATE</span>" in (demo_run / "report" / "report.html").read_text()
+
+
+def test_lower_bound_is_the_slower_of_compute_and_memory():
+    # 1e9 MACs = 2e9 FLOP at 100 GFLOP/s = 20 ms; 1e6 bytes at 10 GB/s = 0.1 ms
+    result = lower_bound_ms(10**9, 10**6, 100.0, 10.0)
+    assert result["compute_ms"] == pytest.approx(20.0) and result["memory_ms"] == pytest.approx(0.1)
+    assert result["lower_bound_ms"] == pytest.approx(20.0) and result["bound"] == "compute"
+    assert lower_bound_ms(10, 10**9, 100.0, 10.0)["bound"] == "memory"
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    points = [(1.0, 0.90, "a"), (2.0, 0.95, "b"), (3.0, 0.93, "c"), (2.0, 0.80, "d"), (4.0, 0.97, "e")]
+    assert [p[2] for p in pareto_front(points)] == ["a", "b", "e"]
+
+
+def test_report_command_rebuilds_from_the_json_files(run_copy, capsys):
+    original_md = (run_copy / "report" / "report.md").read_text()
+    shutil.rmtree(run_copy / "report")
+    assert main(["report", str(run_copy)]) == 0
+    assert (run_copy / "report" / "report.md").read_text() == original_md
+    assert (run_copy / "report" / "report.html").stat().st_size > 10_000
+    assert "report.html" in capsys.readouterr().out
+
+
+def test_report_refuses_a_directory_without_a_run(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "has no manifest.json" in capsys.readouterr().err
+
+
+def test_report_refuses_corrupt_json(run_copy, capsys):
+    (run_copy / "bench.json").write_text("{ not json")
+    assert main(["report", str(run_copy)]) == 2
+    assert "bench.json: not valid JSON" in capsys.readouterr().err
+
+
+def test_report_refuses_a_failed_run(run_copy, capsys):
+    manifest = json.loads((run_copy / "manifest.json").read_text())
+    manifest.update(status="failed", error="export failed")
+    (run_copy / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["report", str(run_copy)]) == 2
+    assert "the run did not complete (export failed)" in capsys.readouterr().err
+
+
+def _chromium(*args: str) -> subprocess.CompletedProcess:
+    with tempfile.TemporaryDirectory(prefix="chromium-profile.") as profile:
+        return subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+                              capture_output=True, timeout=180)
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data.startswith(PNG_SIGNATURE) and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.mark.heavy
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; .ci/run does)")
+def test_html_report_renders_in_headless_chromium(demo_run, tmp_path):
+    page = (demo_run / "report" / "report.html").resolve().as_uri()
+    dumped = _chromium("--dump-dom", page)
+    assert dumped.returncode == 0, dumped.stderr.decode()[-2000:]
+    dom = dumped.stdout.decode()
+    assert "<h1>edge-toolchain report: digits</h1>" in dom
+    images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', dom)
+    assert [alt for alt, _ in images] == ["Latency distributions", "Accuracy vs latency, with the Pareto front",
+                                          "Artifact sizes"]
+    for _, data in images:
+        width, height = _png_size(base64.b64decode(data))
+        assert width >= 400 and height >= 100
+
+    shot = tmp_path / "shot.png"
+    taken = _chromium("--window-size=1200,8000", f"--screenshot={shot}", page)
+    assert taken.returncode == 0 and shot.exists(), taken.stderr.decode()[-2000:]
+    from PIL import Image
+
+    pixels = Image.open(shot).convert("RGB")
+    colours = pixels.getcolors(maxcolors=1 << 20)
+    assert len(colours) > 50, "the screenshot is blank"
+    # the size chart's bars are #72b7b2: the embedded plot was decoded and painted
+    assert any(abs(r - 0x72) + abs(g - 0xB7) + abs(b - 0xB2) < 12 for _, (r, g, b) in colours)
+
+
+def test_estimates_skip_profiles_without_facts_or_unreadable(tmp_path):
+    from toolchain.estimate import estimate, unmeasured_profiles
+
+    (tmp_path / "broken.toml").write_text("[connection]\nkind = 'carrier-pigeon'\n")
+    (tmp_path / "tiny.toml").write_text("[hardware]\npeak_gflops = 1.0\nmemory_bandwidth_gbs = 1.0\n")
+    profiles, unreadable = unmeasured_profiles(["local"], [tmp_path])
+    assert unreadable[0]["target"] == "broken" and "profile could not be read" in unreadable[0]["reason"]
+    names = [p.name for p in profiles]
+    assert "tiny" in names and "local" not in names
+    doc = estimate(1000, 2, [{"name": "m.tflite", "bytes": 10**6}], [find_profile("local", [tmp_path]),
+                                                                       find_profile("tiny", [tmp_path])])
+    assert doc["skipped"] == [{"target": "local",
+                               "reason": "profile has no hardware.peak_gflops / hardware.memory_bandwidth_gbs"}]
+    assert doc["estimates"][0]["lower_bound_ms"] == pytest.approx(1.0)  # 1e6 bytes at 1 GB/s

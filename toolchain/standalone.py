@@ -1,0 +1,162 @@
+"""One artifact outside a pipeline: the `export` and `verify` commands.
+
+Like pipeline.py, this module knows several stages (export, compat, verify) and wires them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import CALIBRATED_RECIPES, DEFAULT_ONNX_OPSET, ONNX_RECIPES, TFLITE_RECIPES, profile_by_name_or_path
+from .data import Dataset, load_npz
+from .errors import ConfigError, DataError, ModelLoadError, ParityError
+from .fileio import sha256_file
+from .keras_io import input_signature, load_model, run_keras
+
+FORMATS = ("tflite", "onnx")
+
+
+def parse_batch(value: str) -> int | None:
+    """'--batch' text: a positive integer, or 'dynamic' for an open batch dimension."""
+    if value.strip().lower() == "dynamic":
+        return None
+    try:
+        batch = int(value)
+    except ValueError:
+        batch = 0
+    if batch < 1:
+        raise ConfigError(f"--batch must be a positive integer or 'dynamic', got {value!r}")
+    return batch
+
+
+def export_artifact(
+    model_path: Path,
+    output: Path,
+    *,
+    fmt: str,
+    recipe: str = "fp32",
+    batch_size: int | None = 1,
+    opset: int = DEFAULT_ONNX_OPSET,
+    nchw: bool = False,
+    allow_flex: bool = False,
+    targets: list[str] | None = None,
+    data: Path | None = None,
+    trust: bool = False,
+) -> dict[str, Any]:
+    """Export, then (with `targets`) load and run it in each target's runtime.
+
+    The artifact is written beside `output` under a temporary name and renamed into place
+    only when every target accepted it: a rejected artifact leaves no file behind.
+    """
+    from .artifact_info import describe
+    from .stages.compat import SAMPLES, check_compat, raise_on_incompatible
+    from .stages.export_onnx import export_onnx
+    from .stages.export_tflite import export_tflite
+    from .stages.quantize_onnx import quantize_onnx
+    from .stages.verify import run_artifact
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if output.suffix != f".{fmt}":
+        raise ConfigError(f"output path must end with .{fmt} for --format {fmt}, got {output}")
+    recipes = TFLITE_RECIPES if fmt == "tflite" else ONNX_RECIPES
+    if recipe not in recipes:
+        raise ConfigError(f"unknown {fmt} recipe {recipe!r}; choose one of {', '.join(recipes)}")
+    if nchw and fmt != "onnx":
+        raise ConfigError("--nchw applies to ONNX only (TFLite kernels are channels-last)")
+    if opset != DEFAULT_ONNX_OPSET and fmt != "onnx":
+        raise ConfigError("--opset applies to ONNX only")
+    if allow_flex and fmt != "tflite":
+        raise ConfigError("--allow-flex applies to TFLite only")
+    profiles = [profile_by_name_or_path(name) for name in targets or []]
+    model = load_model(model_path, trust=trust)
+    dataset = load_npz(data, input_signature(model)) if data else None
+    calibrated = recipe in CALIBRATED_RECIPES[fmt]
+    if calibrated and dataset is None:
+        raise DataError(f"recipe {recipe!r} needs calibration data: pass --data DATA.npz")
+    metadata = {"edge_toolchain_version": __version__, "source_model_sha256": sha256_file(model_path),
+                "recipe": recipe}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{output.stem}.", suffix=output.suffix, dir=output.parent)
+    os.close(handle)
+    tmp = Path(tmp_name)
+    try:
+        if fmt == "tflite":
+            export_tflite(model, tmp, recipe=recipe, batch_size=batch_size,
+                          calibration=dataset if calibrated else None, metadata=metadata,
+                          allow_flex=allow_flex)
+        elif recipe == "fp32":
+            export_onnx(model, tmp, batch_size=batch_size, opset=opset, metadata=metadata, nchw=nchw)
+        else:
+            with tempfile.TemporaryDirectory(dir=output.parent, prefix=".export-") as work:
+                float_onnx = export_onnx(model, Path(work) / "float.onnx", batch_size=batch_size,
+                                         opset=opset, metadata=metadata, nchw=nchw)
+                quantize_onnx(float_onnx, tmp, recipe=recipe, calibration=dataset if calibrated else None,
+                              batch_size=batch_size, metadata=metadata)
+        compat: dict[str, Any] = {}
+        if profiles:
+            sample = dataset.head(SAMPLES) if dataset else _random_inputs(model, SAMPLES)
+            host = run_artifact(tmp, sample.inputs)
+            compat = {p.name: check_compat(tmp, p, sample.inputs, host) for p in profiles}
+            for record in compat.values():
+                record["summary"] = record["summary"].replace(str(tmp), str(output))
+            raise_on_incompatible(output.name, compat)
+        os.replace(tmp, output)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    info = describe(output)
+    return {"path": str(output), "format": fmt, "recipe": recipe, "info": info, "compat": compat}
+
+
+def verify_file(
+    artifact: Path,
+    reference: Path,
+    data: Path,
+    *,
+    samples: int | None = None,
+    recipe: str | None = None,
+    labels_key: str = "y",
+    trust: bool = False,
+) -> dict[str, Any]:
+    """Verify one artifact against its Keras model on `data`; ParityError (exit 5) on failure.
+
+    The tolerance follows the recipe recorded in the artifact's provenance (fp32 if none).
+    """
+    from .artifact_info import describe
+    from .stages.verify import raise_on_failures, tolerance_for, verify_artifact
+
+    if samples is not None and samples < 1:
+        raise ConfigError(f"--samples must be >= 1, got {samples}")
+    if artifact.suffix not in (".tflite", ".onnx"):
+        raise ModelLoadError(f"cannot verify {artifact}: expected a .tflite or .onnx file")
+    info = describe(artifact)
+    recipe = recipe or info.get("metadata", {}).get("recipe") or "fp32"
+    if recipe not in set(TFLITE_RECIPES) | set(ONNX_RECIPES):
+        raise ConfigError(f"unknown recipe {recipe!r} for the tolerance of {artifact.name}")
+    model = load_model(reference, trust=trust)
+    dataset = load_npz(data, input_signature(model), labels_key=labels_key, limit=samples)
+    reference_outputs = run_keras(model, dataset.inputs)
+    tolerance = tolerance_for(recipe, fmt=info["format"])
+    result = verify_artifact(artifact, reference_outputs, dataset, tolerance)
+    result = {"artifact": str(artifact), "reference": str(reference), "data": str(data),
+              "recipe": recipe} | result
+    try:
+        raise_on_failures({artifact.name: result})
+    except ParityError as e:
+        e.result = result  # the CLI prints the metrics before the error
+        raise
+    return result
+
+
+def _random_inputs(model: Any, count: int) -> Dataset:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    inputs = {spec.name: rng.uniform(0, 1, size=(count, *[d or 1 for d in spec.shape])).astype(spec.dtype)
+              for spec in input_signature(model)}
+    return Dataset(inputs, None, "random")
