@@ -224,3 +224,41 @@ def test_pipeline_gates_every_artifact_on_the_emulated_pi(use_test_cache, demo_i
         assert gate["backend"] == ("onnxruntime" if artifact["format"] == "onnx" else "tflite_runtime")
         assert (run_dir / gate["golden"]).is_file()
         assert verify["artifacts"][artifact["name"]]["compat"]["raspberry-pi-4-emulated"]["verdict"] == "pass"
+
+
+@pytest.fixture(scope="session")
+def newer_than_214(tmp_path_factory) -> Path:
+    """TF 2.21 artifacts tflite-runtime 2.14 cannot run: int8 SQRT is op version 2 (unknown to 2.14,
+    rejected at load); int16x8 GELU has no int16 kernel in 2.14 (fails at invoke)."""
+    import keras
+
+    from toolchain.data import Dataset
+    from toolchain.stages.export_tflite import export_tflite
+
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((8,), name="x")
+    hidden = keras.layers.Dense(8, name="dense")(inputs)
+    root = keras.Model(inputs, keras.ops.sqrt(keras.ops.abs(hidden)), name="root")
+    gelu = keras.Model(inputs, keras.layers.Activation("gelu", name="gelu")(hidden), name="gelu")
+    folder = tmp_path_factory.mktemp("newer-than-2.14")
+    calibration = Dataset({"x": np.random.default_rng(0).uniform(0, 1, (32, 8)).astype(np.float32)})
+    export_tflite(root, folder / "root.int8.tflite", recipe="int8", calibration=calibration)
+    export_tflite(gelu, folder / "gelu.int16x8.tflite", recipe="int16x8", calibration=calibration)
+    return folder
+
+
+def test_artifacts_tflite_runtime_214_rejects_are_failures_with_its_message(emulator_cache, newer_than_214, capsys):
+    root, gelu = newer_than_214 / "root.int8.tflite", newer_than_214 / "gelu.int16x8.tflite"
+    code, document = _check(capsys, str(root), str(gelu), "--cache-dir", str(emulator_cache))
+    assert code == 5
+    rejected = document["artifacts"]["root.int8.tflite"]
+    assert rejected["verdict"] == "fail" and rejected["failure"] == "load_failed" and not rejected["loads"]
+    assert "Didn't find op for builtin opcode 'SQRT' version '2'" in rejected["failures"][0]
+    assert "use the fp32 or fp16 recipe" in rejected["failures"][0]  # the converter setting that avoids it
+    invoke = document["artifacts"]["gelu.int16x8.tflite"]
+    assert invoke["failure"] == "inference_failed" and invoke["loads"] and not invoke["runs"]
+    assert "(GELU) failed to invoke" in invoke["failures"][0] and "use the int8 recipe" in invoke["failures"][0]
+    # the maintained interpreter runs both
+    code, document = _check(capsys, str(root), str(gelu), "--runtime", "ai_edge_litert", "--cache-dir",
+                            str(emulator_cache))
+    assert code == 0, document

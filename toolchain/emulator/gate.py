@@ -41,18 +41,18 @@ GATE_TOLERANCES: dict[str, Tolerance] = {
     "int16x8": QUANTIZED_TOLERANCE,
 }
 
-# Runtime messages a converter setting avoids: (pattern, advice).
+# Runtime messages a converter setting avoids: (pattern, advice; {0}, {1} are the match's groups).
 KNOWN_FIXES: tuple[tuple[str, str], ...] = (
     (r"Didn't find op for builtin opcode '(\w+)' version '(\d+)'",
-     "the converter emitted a newer op version than the device's runtime knows; convert with the "
-     "TensorFlow release matching the device runtime (tflite-runtime 2.14 => TF 2.14), or change the "
-     "layer so the converter picks an older op version, or install ai-edge-litert on the device"),
+     "the converter emitted {0} v{1}, newer than this runtime knows; use the fp32 or fp16 recipe, keep "
+     "the layer that makes it in float (recipe int8-float-io with export.tflite.keep_float), or run "
+     "ai-edge-litert on the device"),
+    (r"INT16|int16|got 7\.",
+     "this runtime has no int16 kernel for that op (int16x8 recipe); use the int8 recipe, or keep the "
+     "layer in float (int8-float-io with export.tflite.keep_float)"),
     (r"Encountered unresolved custom op: Flex",
      "the artifact uses Flex (TF Select) ops, which tflite-runtime does not link; convert with "
      "supported_ops = [TFLITE_BUILTINS] only (leave export.tflite.allow_flex off)"),
-    (r"Op builtin_code out of range",
-     "the artifact uses an op added after the device runtime's release; convert without it "
-     "(replace the layer) or install ai-edge-litert on the device"),
 )
 
 
@@ -62,8 +62,9 @@ def tolerance_for_recipe(recipe: str) -> Tolerance:
 
 def advice_for(message: str) -> str | None:
     for pattern, advice in KNOWN_FIXES:
-        if re.search(pattern, message):
-            return advice
+        found = re.search(pattern, message)
+        if found:
+            return advice.format(*found.groups())
     return None
 
 
