@@ -120,18 +120,29 @@ def test_junit_names_the_failing_metric():
 
 @pytest.fixture(scope="module")
 def over_budget_run(tmp_path_factory, demo_inputs):
-    """The demo pipeline with a release candidate that cannot meet its budgets."""
-    import shutil
-
+    """The demo model (fp32 TFLite only) with a release candidate that cannot meet its budgets."""
     folder = tmp_path_factory.mktemp("budget-src")
-    for name in ("digits_cnn.keras", "digits_eval.npz"):
-        shutil.copy(demo_inputs / name, folder / name)
-    text = (demo_inputs / "pipeline.toml").read_text()
-    text = text.replace("min_runs = 200", "min_runs = 20").replace('formats = ["tflite", "onnx"]',
-                                                                   'formats = ["tflite"]')
-    text += ('\n[budgets]\nmax_file_mb = 0.05\nmin_accuracy = 0.5\n'
-             'release_candidate = "digits.fp32.tflite"\n')
-    (folder / "pipeline.toml").write_text(text)
+    (folder / "pipeline.toml").write_text(f"""
+[model]
+path = "{demo_inputs / 'digits_cnn.keras'}"
+name = "digits"
+
+[data]
+eval = "{demo_inputs / 'digits_eval.npz'}"
+samples = 200
+
+[export]
+formats = ["tflite"]
+
+[bench]
+min_runs = 20
+min_seconds = 0.1
+
+[budgets]
+max_file_mb = 0.05
+min_accuracy = 0.5
+release_candidate = "digits.fp32.tflite"
+""")
     out = tmp_path_factory.mktemp("budget-run")
     junit = out.parent / "budget-junit.xml"
     code = main(["run", str(folder / "pipeline.toml"), "--out", str(out), "--quiet", "--junit", str(junit)])
