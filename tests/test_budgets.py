@@ -163,3 +163,11 @@ def test_run_exits_7_when_the_release_candidate_fails(over_budget_run, capsys):
     case = ET.parse(junit).getroot().find(".//testcase[@name='digits.fp32.tflite']")
     assert case.get("classname") == "budgets.local"
     assert case.find("failure").get("message") == "file_size_mb over budget"
+
+
+def test_junit_is_written_when_the_run_fails(tmp_path, capsys):
+    junit = tmp_path / "junit.xml"
+    code = main(["run", str(tmp_path / "missing.toml"), "--quiet", "--junit", str(junit)])
+    assert code == 2
+    error = ET.parse(junit).getroot().find(".//testcase[@name='run']/error")
+    assert "pipeline config not found" in error.get("message")

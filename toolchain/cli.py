@@ -58,10 +58,10 @@ def run(
     from .junit import write_junit
     from .pipeline import run_pipeline
 
-    config, raw = load_config(pipeline)
     try:
+        config, raw = load_config(pipeline)
         result = run_pipeline(config, raw, out_dir, console=err, quiet=quiet)
-    except ToolchainError as e:
+    except ToolchainError as e:  # CI still gets a JUnit file, with the error in it
         if junit:
             evaluation = getattr(e, "evaluation", None)
             write_junit(junit, evaluation, None if evaluation else str(e))
