@@ -185,7 +185,9 @@ class SSHTarget:
             request = {"backend": self.profile.runtime.tflite_backend, **request}
         files, request = self._payload(request)
         connect = self.connection.connect_timeout_seconds * (self.connection.retries + 1) + 30
-        upload = self._ssh("upload", UPLOAD_SCRIPT, stdin=_tar(files), timeout=connect + 120)
+        payload = _tar(files)
+        # generous for slow links: 2 minutes plus one second per 100 kB
+        upload = self._ssh("upload", UPLOAD_SCRIPT, stdin=payload, timeout=connect + 120 + len(payload) / 1e5)
         folder = upload.stdout.decode(errors="replace").strip().splitlines()
         folder = folder[0] if folder else ""
         if upload.returncode != 0 or not TEMP_DIR_PATTERN.match(folder):
