@@ -64,8 +64,8 @@ def describe_tflite(path: Path) -> dict[str, Any]:
         )
     try:
         return _parse_tflite(data)
-    except ModelLoadError:
-        raise
+    except ModelLoadError as e:
+        raise ModelLoadError(f"{path}: corrupt TFLite flatbuffer ({e})") from e
     except Exception as e:  # flatbuffers raise IndexError/struct.error on damage
         raise ModelLoadError(f"{path}: corrupt TFLite flatbuffer ({type(e).__name__}: {e})") from e
 

@@ -75,18 +75,21 @@ def parse_request(argv, stdin):
         raise RunnerError("bad_request", "usage: runner.py REQUEST.json | JSON | -", 2)
     arg = argv[1]
     if arg == "-":
-        text = stdin.read()
+        try:
+            text = stdin.read()
+        except ValueError as e:  # not UTF-8
+            raise RunnerError("bad_request", "cannot read the request on stdin: %s" % e, 2)
     elif arg.lstrip().startswith("{"):
         text = arg
     else:
         try:
             with open(arg) as f:
                 text = f.read()
-        except OSError as e:
-            raise RunnerError("bad_request", "cannot read request file %s: %s" % (arg, e), 2)
+        except (OSError, ValueError) as e:  # ValueError: a NUL in the name, or not UTF-8
+            raise RunnerError("bad_request", "cannot read request file %r: %s" % (arg, e), 2)
     try:
         request = json.loads(text)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nested deeper than the parser's limit
         raise RunnerError("bad_request", "request is not valid JSON: %s" % e, 2)
     return validate_request(request)
 
@@ -113,8 +116,9 @@ def validate_request(request):
         raise RunnerError("bad_request", "threads and min_runs must be >= 1", 2)
     for key in ("warmup_seconds", "min_seconds", "max_seconds"):
         value = merged[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value != value:
-            raise RunnerError("bad_request", "%s must be a non-negative number" % key, 2)
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value != value
+                or value == float("inf")):
+            raise RunnerError("bad_request", "%s must be a finite non-negative number" % key, 2)
     if merged["max_seconds"] <= 0:
         raise RunnerError("bad_request", "max_seconds must be > 0", 2)
     for key in ("inputs", "outputs"):
