@@ -140,6 +140,8 @@ def _config(folder: Path, port: int, host_key: Path, authorized: Path, user: str
         "MaxStartups 30:30:60",
         "MaxSessions 30",
         "LogLevel VERBOSE",
+        # lets a client's `SetEnv TMPDIR=...` point the device's temp folder elsewhere
+        "AcceptEnv TMPDIR LANG LC_*",
         "Subsystem sftp internal-sftp",
         "",
     ])

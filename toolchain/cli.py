@@ -444,6 +444,61 @@ def truncate_command(
         out.print("the new head is untrained (give --train DATA.npz to train it)")
 
 
+@app.command("sweep")
+def sweep_command(
+    model: Annotated[Path, typer.Argument(help="Keras model (.keras or .h5).")],
+    data: Annotated[Path, typer.Option("--data", metavar="DATA.npz", help=(
+        "Data keyed by input name, with labels (else agreement with the model's top-1 is scored). "
+        "Heads train on it; 20% is held out unless --eval is given."))],
+    eval_data: Annotated[Path | None, typer.Option("--eval", metavar="EVAL.npz", help="Held-out data.")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for sweep.json, sweep.md, sweep.png.")] = Path(
+        "sweep"),
+    at: Annotated[list[str] | None, typer.Option(
+        "--at", metavar="LAYER", help="Cut points to try (repeatable); default: the block boundaries.")] = None,
+    head: Annotated[str | None, typer.Option("--head", metavar="SPEC", help=(
+        "Head for every cut point, ending in classes:N; default 'gap,classes:N' (no gap on flat features).")
+    )] = None,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Head training epochs per cut point.")] = 10,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the split and the heads.")] = 0,
+    labels_key: Annotated[str, typer.Option("--labels-key", help="Key of the labels in the data.")] = "y",
+    samples: Annotated[int | None, typer.Option("--samples", min=1, help="Use at most N samples of each set.")
+                       ] = None,
+    target: Annotated[str, typer.Option("--target", "-t", help="Target profile for the latency.")] = "local",
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Benchmark threads.")] = 1,
+    min_seconds: Annotated[float, typer.Option("--min-seconds", min=0, help="Timed seconds per point.")] = 0.3,
+    max_latency_ms: Annotated[float | None, typer.Option(
+        "--max-latency-ms", min=0, help="Latency budget (p50): recommend the most accurate point within it.")] = None,
+    min_accuracy: Annotated[float | None, typer.Option(
+        "--min-accuracy", min=0, max=1, help="Accuracy floor: recommend the fastest point above it.")] = None,
+    no_drops: Annotated[bool, typer.Option("--no-drops", help="Skip pricing each droppable residual block.")
+                        ] = False,
+    trust_model: Annotated[
+        bool, typer.Option("--trust-model", help="Allow Lambda and custom layers (runs code from the model).")
+    ] = False,
+) -> None:
+    """Try cut points: params, MACs, size, TFLite latency and accuracy with a retrained head."""
+    from .sweep import Budget, sweep_file
+
+    document = sweep_file(
+        model, data, out_dir, eval_data=eval_data, labels_key=labels_key, samples=samples, points=at, head=head,
+        epochs=epochs, seed=seed, target=target, threads=threads, bench_overrides={"min_seconds": min_seconds},
+        budget=Budget(max_latency_ms, min_accuracy), drops=not no_drops, trust=trust_model,
+        progress=lambda message: err.print(f"[dim]{message}[/]", highlight=False),
+    )
+    table = Table(title=f"cut-point sweep ({document['metric']})")
+    for column in ("cut at", "params", "MACs", "p50 ms", document["metric"], "Pareto"):
+        table.add_column(column)
+    chosen = document["recommended"]
+    for p in document["points"]:
+        label = "full model" if p["at"] is None else p["at"]
+        if chosen and chosen["at"] == p["at"]:
+            label += " (recommended)"
+        table.add_row(label, f"{p['params']:,}", f"{p['macs']:,}", f"{p['latency_ms']['p50']:.3f}",
+                      f"{p['accuracy']:.4f}", "★" if p["pareto"] else "")
+    out.print(table)
+    out.print(f"sweep: {out_dir / 'sweep.json'}, {out_dir / 'sweep.md'}, {out_dir / 'sweep.png'}", highlight=False)
+
+
 def _print_summary(result: Any, quiet: bool) -> None:
     from .stages.report import COLUMNS, summary_rows
 

@@ -468,8 +468,6 @@ def load_model(backend_name, module, path, threads):
         if backend_name == "onnxruntime":
             return OnnxModel(module, path, threads)
         return TFLiteModel(module, path, threads)
-    except MemoryError:
-        raise RunnerError("out_of_memory", "not enough memory to load %s on this device" % path, 1)
     except Exception as e:
         raise RunnerError(
             "load_failed",
@@ -561,6 +559,17 @@ def percentile(sorted_values, q):
     low = int(position)
     high = min(low + 1, len(sorted_values) - 1)
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+MAX_LATENCY_SAMPLES = 1000
+
+
+def bounded_samples(times_ms, limit=MAX_LATENCY_SAMPLES):
+    """At most `limit` timed runs, evenly strided in run order: enough for a histogram."""
+    if len(times_ms) <= limit:
+        return [round(t, 6) for t in times_ms]
+    step = len(times_ms) / float(limit)
+    return [round(times_ms[int(i * step)], 6) for i in range(limit)]
 
 
 def latency_stats(times_ms):
@@ -674,6 +683,7 @@ def run_benchmark(request, backend_name, module, version):
         "timed_seconds": timed_seconds,
         "capped_by_max_seconds": capped,
         "latency_ms": latency_stats(times_ms),
+        "latency_samples_ms": bounded_samples(times_ms),
         "memory": {
             "peak_rss_before_load_kib": memory_before["peak_rss_kib"],
             "peak_rss_after_init_kib": memory_init["peak_rss_kib"],
@@ -751,8 +761,6 @@ def main(argv=None, stdin=None, stdout=None):
             result = handler(request, backend_name, module, version)
         except RunnerError:
             raise
-        except MemoryError:
-            raise RunnerError("out_of_memory", "%s ran out of memory on this device" % request["mode"], 1)
         except Exception as e:
             raise RunnerError(
                 "inference_failed", "%s failed on %s: %s: %s" % (

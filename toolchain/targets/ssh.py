@@ -25,7 +25,7 @@ from typing import Any
 
 from ..config import TargetProfile
 from ..errors import TargetError
-from ..fileio import sha256_bytes, sha256_file
+from ..fileio import sha256_bytes
 from .local import RUNNER_PATH, parse_runner_output, stderr_tail
 
 # ssh exits 255 for its own failures; only these mean "could not connect", worth a retry.
@@ -58,7 +58,7 @@ if command -v sha256sum >/dev/null 2>&1; then
 elif command -v shasum >/dev/null 2>&1; then
     printf '%s' "$4" | shasum -a 256 -c -s - >&2 || exit 98
 else
-    echo "neither sha256sum nor shasum is installed on the device" >&2; exit 99
+    echo "neither sha256sum nor shasum is installed on the device" >&2; exit 98
 fi
 if command -v timeout >/dev/null 2>&1; then
     timeout -k 5 "$3" "$2" runner.py request.json
@@ -183,60 +183,64 @@ class SSHTarget:
         """Upload, check, run and clean up; the runner's JSON answer or a TargetError."""
         if self.profile.runtime.tflite_backend != "auto" and str(request["model"]).endswith(".tflite"):
             request = {"backend": self.profile.runtime.tflite_backend, **request}
-        files, request = self._payload(request)
-        connect = self.connection.connect_timeout_seconds * (self.connection.retries + 1) + 30
-        payload = _tar(files)
-        # generous for slow links: 2 minutes plus one second per 100 kB
-        upload = self._ssh("upload", UPLOAD_SCRIPT, stdin=payload, timeout=connect + 120 + len(payload) / 1e5)
-        folder = upload.stdout.decode(errors="replace").strip().splitlines()
-        folder = folder[0] if folder else ""
-        if upload.returncode != 0 or not TEMP_DIR_PATTERN.match(folder):
-            if TEMP_DIR_PATTERN.match(folder):
-                self._cleanup(folder)
-            what = "tar could not unpack the upload" if upload.returncode == 95 else "could not create a temp folder"
-            raise TargetError(
-                f"target '{self.profile.name}': {what} on {self.where} (exit {upload.returncode}); "
-                f"stderr tail: {stderr_tail(upload.stderr)}"
-            )
+        files = self.payload(request)
+        folder = self.upload(files)
         try:
-            sums = "".join(f"{sha256_bytes(data)}  {name}\n" for name, data in files.items())
-            done = self._ssh("benchmark", RUN_SCRIPT, folder, self.python, f"{timeout:g}", sums,
-                             timeout=timeout + connect)
-            return self._answer(done, timeout)
+            return self.execute(folder, files, timeout)
         finally:
             self._cleanup(folder)
 
-    def _payload(self, request: dict[str, Any]) -> tuple[dict[str, bytes], dict[str, Any]]:
+    @property
+    def _connect_budget(self) -> float:
+        return self.connection.connect_timeout_seconds * (self.connection.retries + 1) + 30
+
+    def payload(self, request: dict[str, Any]) -> dict[str, bytes]:
+        """The files to upload: runner, artifact, inputs, and the request naming them."""
         model = Path(request["model"])
-        if not model.is_file():
-            raise TargetError(f"target '{self.profile.name}': artifact not found: {model}")
         files = {"runner.py": RUNNER_PATH.read_bytes(), f"model{model.suffix}": model.read_bytes()}
-        if sha256_bytes(files[f"model{model.suffix}"]) != sha256_file(model):
-            raise TargetError(f"target '{self.profile.name}': {model} changed while it was being read")
         request = {**request, "model": f"model{model.suffix}"}
         if request.get("inputs"):
             files["inputs.npz"] = Path(request["inputs"]).read_bytes()
             request["inputs"] = "inputs.npz"
         files["request.json"] = json.dumps(request).encode()
-        return files, request
+        return files
 
-    def _answer(self, done: subprocess.CompletedProcess, timeout: float) -> dict[str, Any]:
+    def upload(self, files: dict[str, bytes]) -> str:
+        """Unpack `files` into a new private temp folder on the device; returns its path."""
+        payload = _tar(files)
+        # generous for slow links: 2 minutes plus one second per 100 kB
+        done = self._ssh("upload", UPLOAD_SCRIPT, stdin=payload,
+                         timeout=self._connect_budget + 120 + len(payload) / 1e5)
+        lines = done.stdout.decode(errors="replace").strip().splitlines()
+        folder = lines[0] if lines else ""
+        if done.returncode != 0 or not TEMP_DIR_PATTERN.match(folder):
+            self._cleanup(folder)
+            raise TargetError(
+                f"target '{self.profile.name}': could not create a temp folder or unpack the upload on "
+                f"{self.where} (exit {done.returncode}; is $TMPDIR or /tmp writable and not full?). "
+                f"stderr tail: {stderr_tail(done.stderr)}"
+            )
+        return folder
+
+    def execute(self, folder: str, files: dict[str, bytes], timeout: float) -> dict[str, Any]:
+        """Check the uploaded files' sha256 on the device, then run the runner there."""
+        sums = "".join(f"{sha256_bytes(data)}  {name}\n" for name, data in files.items())
+        done = self._ssh("benchmark", RUN_SCRIPT, folder, self.python, f"{timeout:g}", sums,
+                         timeout=timeout + self._connect_budget)
         name, code = self.profile.name, done.returncode
         stdout = done.stdout.decode(errors="replace")
         stderr = done.stderr.decode(errors="replace")
-        tail = stderr_tail(stderr)
         problems = {
             97: "the upload folder vanished before the run",
-            98: "the uploaded files do not match their sha256 on the device (transfer corrupted "
-                "or the folder was tampered with); nothing was run",
-            99: "the device has neither sha256sum nor shasum, so the upload cannot be checked",
+            98: "the uploaded files could not be verified on the device (sha256 mismatch: transfer "
+                "corrupted or files changed; or no sha256sum/shasum there); nothing was run",
             124: f"the runner did not finish within {timeout:g} s on the device and was stopped "
                  "(raise bench.timeout_seconds, or lower max_seconds); no result recorded",
             126: f"the device's python '{self.python}' is not executable; fix connection.python",
             127: f"the device has no python at '{self.python}'; fix connection.python in the target profile",
         }
         if code in problems:
-            raise TargetError(f"target '{name}': {problems[code]}. stderr tail: {tail}")
+            raise TargetError(f"target '{name}': {problems[code]}. stderr tail: {stderr_tail(stderr)}")
         if 128 < code < 255:
             return parse_runner_output(name, stdout, stderr, -(code - 128))
         return parse_runner_output(name, stdout, stderr, code)
@@ -246,8 +250,7 @@ class SSHTarget:
         if not TEMP_DIR_PATTERN.match(folder):
             return
         try:
-            self._ssh("cleanup", CLEANUP_SCRIPT, folder,
-                      timeout=self.connection.connect_timeout_seconds * (self.connection.retries + 1) + 30)
+            self._ssh("cleanup", CLEANUP_SCRIPT, folder, timeout=self._connect_budget)
         except TargetError:
             pass
 
