@@ -250,9 +250,10 @@ def bench(
     targets_dir: TargetsDirOption = None,
     inputs: Annotated[Path | None, typer.Option("--inputs", help="Input data (.npz keyed by input name) "
                                                 "instead of random inputs.")] = None,
-    min_runs: Annotated[int | None, typer.Option("--min-runs", min=1)] = None,
-    min_seconds: Annotated[float | None, typer.Option("--min-seconds", min=0)] = None,
-    max_seconds: Annotated[float | None, typer.Option("--max-seconds", min=0.001)] = None,
+    min_runs: Annotated[int | None, typer.Option("--min-runs", min=1, help="Timed runs, at least.")] = None,
+    min_seconds: Annotated[float | None, typer.Option("--min-seconds", min=0, help="Timed seconds, at least.")] = None,
+    max_seconds: Annotated[float | None, typer.Option("--max-seconds", min=0.001,
+                                                      help="Stop timing after this long.")] = None,
     timeout: Annotated[float | None, typer.Option("--timeout", min=1, help="Seconds per benchmark.")] = None,
 ) -> None:
     """Benchmark artifacts on one or more targets (in parallel) and print a comparison table."""
