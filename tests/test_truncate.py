@@ -448,3 +448,56 @@ def test_resnet50_cuts_and_block_drop(resnet50_64):
     with pytest.raises(InputError, match="'conv4_block1_add' adds two branches.*droppable residual blocks: "
                                          "conv2_block2_add, conv2_block3_add, conv3_block2_add"):
         truncate(r, drop="conv4_block1_add")
+
+
+# ---- package API and CLI ----------------------------------------------------------------
+
+
+def test_truncate_is_exported_lazily():
+    import subprocess
+    import sys
+
+    code = ("import sys, toolchain; assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules; "
+            "from toolchain.stages.truncate import truncate; assert toolchain.truncate is truncate; print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_cli_truncate_writes_a_loadable_model(demo_inputs, digits, tmp_path, capsys):
+    from toolchain.cli import main
+    from toolchain.keras_io import load_model
+
+    model, _, evaluation = digits
+    out = tmp_path / "cut.keras"
+    code = main(["truncate", str(demo_inputs / "digits_cnn.keras"), "-o", str(out), "--at", "pool",
+                 "--head", "flatten,classes:10", "--train", str(demo_inputs / "digits_train.npz"), "--epochs", "3"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "parameters: 38,282 → 9,930" in printed and "output head_classes: [None, 10]" in printed
+    loaded = load_model(out)
+    x = evaluation.inputs["image"][:32]
+    np.testing.assert_array_equal(_predict(loaded, x).shape, (32, 10))
+    np.testing.assert_allclose(_predict(truncate(loaded, at="pool"), x),
+                               _predict(_intermediate(model, "pool"), x), atol=EXACT)
+
+    code = main(["truncate", str(demo_inputs / "digits_cnn.keras"), "-o", str(tmp_path / "b.keras"), "--at=-3"])
+    assert code == 0 and "output fc: [None, 64]" in capsys.readouterr().out
+
+
+def test_cli_truncate_errors_leave_no_output(demo_inputs, tmp_path, capsys):
+    from toolchain.cli import main
+
+    model = str(demo_inputs / "digits_cnn.keras")
+    out = tmp_path / "cut.keras"
+    cases = [
+        (["--at", "pol"], "unknown cut point 'pol' (did you mean 'pool'"),
+        (["--drop", "conv2"], "cannot drop 'conv2'"),
+        ([], "nothing to do: give at least one of --at, --drop or --head"),
+        (["--at", "pool", "--train", str(demo_inputs / "digits_train.npz")], "--train trains a new head"),
+    ]
+    for args, message in cases:
+        assert main(["truncate", model, "-o", str(out), *args]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["truncate", model, "-o", str(tmp_path / "cut.h5"), "--at", "pool"]) == 2
+    assert "give an output path ending in .keras" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -454,7 +455,7 @@ def truncate(
     epochs: int = 10,
     seed: int = 0,
     batch_size: int = 32,
-    learning_rate: float = 1e-3,
+    learning_rate: float = 1e-2,
     trust: bool = False,
     name: str | None = None,
 ) -> Any:
@@ -614,7 +615,7 @@ def attach_head(
     epochs: int = 10,
     seed: int = 0,
     batch_size: int = 32,
-    learning_rate: float = 1e-3,
+    learning_rate: float = 1e-2,
     name: str | None = None,
 ) -> Any:
     """`base` with `head` on its single output; trains the head on `train_data` if given."""
@@ -639,7 +640,7 @@ def attach_head(
             )
         if epochs < 1:
             raise InputError(f"epochs must be >= 1, got {epochs}")
-        features = base.predict(x if len(x) > 1 else x[0], batch_size=batch_size, verbose=0)
+        features = predict_arrays(base, x)[0]
         feature_input = keras.Input(feature.shape[1:], name="features")
         t = feature_input
         for layer in layers:
@@ -660,6 +661,76 @@ def attach_head(
     return keras.Model(_one_or_list(base.inputs), t, name=name or base.name)
 
 
+def predict_arrays(model: Any, arrays: list[np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
+    """All outputs of `model` on positional input arrays, by eager calls in batches.
+
+    Eager calls avoid tracing a new tf.function per model, which dominates `predict`
+    when many small truncated models are scored one after another.
+    """
+    count = len(arrays[0])
+    parts: list[list[np.ndarray]] = []
+    for start in range(0, count, batch_size):
+        chunk = [a[start:start + batch_size] for a in arrays]
+        result = model(chunk if len(chunk) > 1 else chunk[0], training=False)
+        result = list(result) if isinstance(result, (list, tuple)) else [result]
+        parts.append([np.asarray(r) for r in result])
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+
 def _one_or_list(tensors: list[Any]) -> Any:
     """A single tensor stays unwrapped, so the model takes and returns a plain array."""
     return tensors[0] if len(tensors) == 1 else list(tensors)
+
+
+def truncate_file(
+    model_path: str | Path,
+    output: str | Path,
+    *,
+    at: Sequence[str | int] | None = None,
+    drop: Sequence[str] | None = None,
+    head: str | None = None,
+    train: str | Path | None = None,
+    labels_key: str = "y",
+    epochs: int = 10,
+    seed: int = 0,
+    trust: bool = False,
+) -> dict[str, Any]:
+    """Load, truncate and save atomically to `output` (.keras); returns what was written."""
+    from ..data import load_npz
+    from ..fileio import atomic_output, sha256_file
+    from ..keras_io import input_signature, load_model, output_signature
+    from ..model_stats import count_macs, count_params
+
+    output = Path(output)
+    if output.suffix != ".keras":
+        raise InputError(f"the truncated model is saved as a Keras 3 file: give an output path ending in .keras, "
+                         f"got {output}")
+    if not (at or drop or head):
+        raise InputError("nothing to do: give at least one of --at, --drop or --head")
+    if train is not None and not head:
+        raise InputError("--train trains a new head: give --head too")
+    model = load_model(model_path, trust=trust)
+    train_data = None
+    if train is not None:
+        train_data = load_npz(train, input_signature(model), labels_key=labels_key)
+    result = truncate(model, at=at or None, drop=drop or None, head=head, train_data=train_data,
+                      epochs=epochs, seed=seed, trust=trust)
+    with atomic_output(output, suffix=".keras") as tmp:
+        result.save(tmp)
+    return {
+        "path": str(output),
+        "sha256": sha256_file(output),
+        "bytes": output.stat().st_size,
+        "parent": sha256_file(model_path),
+        "outputs": [{"name": t.name, "shape": [None, *t.shape], "dtype": t.dtype} for t in output_signature(result)],
+        "params": {"before": count_params(model), "after": count_params(result)},
+        "macs": {"before": _macs_or_none(count_macs, model), "after": _macs_or_none(count_macs, result)},
+        "head_trained": train_data is not None,
+    }
+
+
+def _macs_or_none(count: Any, model: Any) -> int | None:
+    try:
+        return count(model)
+    except InputError:  # dynamic spatial dimensions: MACs are not defined
+        return None

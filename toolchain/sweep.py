@@ -1,0 +1,409 @@
+"""Sweep cut points: what each costs (params, MACs, size, fp32 TFLite latency) and keeps (accuracy).
+
+For every candidate cut point the model is truncated there, a new head is trained on
+the training data (base frozen, seeded) and scored on held-out data; the artifact is
+exported to fp32 TFLite and benchmarked on a target. Every droppable residual block is
+also dropped alone, keeping the original head, to price it in accuracy. Without labels
+the "accuracy" is agreement with the original model's top-1 (the heads learn to mimic
+it). Outputs: sweep.json, sweep.md and sweep.png (accuracy vs latency, Pareto front).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .data import Dataset
+from .errors import BudgetError, InputError
+
+SWEEP_SCHEMA_VERSION = "1.0"
+BENCH_OVERRIDES = {"warmup_runs": 3, "warmup_seconds": 0.05, "min_runs": 30, "min_seconds": 0.3,
+                   "max_seconds": 10.0}
+WEIGHTED = ("Dense", "Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D",
+            "SeparableConv2D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
+
+
+@dataclass
+class Budget:
+    max_latency_ms: float | None = None
+    min_accuracy: float | None = None
+
+    def met_by(self, point: dict[str, Any]) -> bool:
+        if self.max_latency_ms is not None and point["latency_ms"]["p50"] > self.max_latency_ms:
+            return False
+        return not (self.min_accuracy is not None and point["accuracy"] < self.min_accuracy)
+
+    @property
+    def given(self) -> bool:
+        return self.max_latency_ms is not None or self.min_accuracy is not None
+
+
+def block_boundaries(model: Any) -> list[str]:
+    """Default cut points: the input of each stage.
+
+    A boundary is a layer whose output every path from the inputs to the outputs goes
+    through (so cutting there keeps a whole prefix of blocks, never half a residual
+    block) and that feeds a layer with weights (Conv/Dense), looking through zero
+    padding. The last layer is left out:
+    cutting there is the full model. Sub-models are searched as `outer/inner`.
+    """
+    from .stages.truncate import _analyse, _is_submodel
+
+    def feeds_weights(node: Any, graph: Any) -> bool:
+        layer = node.operation
+        if type(layer).__name__ in WEIGHTED or _is_submodel(layer):
+            return True
+        if type(layer).__name__.startswith("ZeroPadding"):  # look through padding
+            return any(feeds_weights(c, graph) for t in node.outputs for c in graph.consumers.get(id(t), []))
+        return False
+
+    def visit(model: Any, prefix: str) -> list[str]:
+        graph = _analyse(model, prefix)
+        order = [n for n in graph.nodes if not n.is_input and n.operation is not None]
+        position = {id(n): i for i, n in enumerate(order)}
+        position.update({id(n): -1 for n in graph.nodes if n.is_input})  # inputs come first
+        found: list[str] = []
+        for node in order:
+            layer = node.operation
+            if _is_submodel(layer):
+                found.extend(visit(layer, prefix + layer.name + "/"))
+            consumers = [c for t in node.outputs for c in graph.consumers.get(id(t), [])]
+            if not consumers:
+                continue
+            # an articulation point: no edge jumps over this node in topological order
+            here = position[id(node)]
+            jumps = any(
+                position.get(id(graph.producer.get(id(t))), -1) < here < position[id(other)]
+                for other in order[here + 1:] for t in other.input_tensors
+            )
+            if jumps:
+                continue
+            if type(layer).__name__.startswith("ZeroPadding"):
+                continue  # a cut before the padding is the same stage, without the padding
+            if any(feeds_weights(c, graph) for c in consumers):
+                found.append(prefix + layer.name)
+        return found
+
+    return visit(model, "")
+
+
+def default_head(feature_rank: int, classes: int) -> str:
+    return ("gap," if feature_rank > 2 else "") + f"classes:{classes}"
+
+
+def pareto_front(points: list[dict[str, Any]]) -> list[int]:
+    """Indices of the points no other point beats on both latency (lower) and accuracy (higher)."""
+    front = []
+    for i, p in enumerate(points):
+        dominated = any(
+            q["latency_ms"]["p50"] <= p["latency_ms"]["p50"] and q["accuracy"] >= p["accuracy"]
+            and (q["latency_ms"]["p50"] < p["latency_ms"]["p50"] or q["accuracy"] > p["accuracy"])
+            for j, q in enumerate(points) if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def recommend(points: list[dict[str, Any]], budget: Budget) -> dict[str, Any] | None:
+    """Within the budget: the most accurate point under a latency cap, else the fastest
+    point over an accuracy floor. None when no budget is given or nothing meets it."""
+    if not budget.given:
+        return None
+    ok = [p for p in points if budget.met_by(p)]
+    if not ok:
+        return None
+    if budget.max_latency_ms is not None:
+        return max(ok, key=lambda p: (p["accuracy"], -p["latency_ms"]["p50"]))
+    return min(ok, key=lambda p: (p["latency_ms"]["p50"], -p["accuracy"]))
+
+
+def _predict(model: Any, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The first output; inputs by position (a truncated model keeps the original's inputs, in order)."""
+    from .stages.truncate import predict_arrays
+
+    return predict_arrays(model, list(inputs.values()))[0]
+
+
+def _labels_for(model: Any, data: Dataset, use_labels: bool) -> np.ndarray:
+    return data.labels if use_labels else _predict(model, data.inputs).argmax(axis=1)
+
+
+def run_sweep(
+    model: Any,
+    train: Dataset,
+    evaluation: Dataset,
+    out_dir: str | Path,
+    *,
+    points: list[str | int] | None = None,
+    head: str | None = None,
+    epochs: int = 10,
+    seed: int = 0,
+    target: str = "local",
+    threads: int = 1,
+    bench_overrides: dict[str, Any] | None = None,
+    budget: Budget | None = None,
+    drops: bool = True,
+    trust: bool = False,
+    source: dict[str, Any] | None = None,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Sweep, write sweep.json / sweep.md / sweep.png into `out_dir`, return the document.
+
+    Raises BudgetError (after writing the outputs) when a budget is given and no point meets it.
+    """
+    from .config import find_profile
+    from .fileio import atomic_write_json, atomic_write_text
+    from .model_stats import model_stats
+    from .stages.bench import run_benchmarks
+    from .stages.export_tflite import export_tflite
+    from .stages.truncate import droppable_blocks, head_classes, parse_head, truncate
+
+    budget = budget or Budget()
+    out_dir = Path(out_dir)
+    note = progress or (lambda message: None)
+    use_labels = train.labels is not None and evaluation.labels is not None
+    if len(model.outputs) != 1 or len(model.outputs[0].shape) != 2:
+        if not use_labels:
+            raise InputError(
+                "without labels the sweep scores agreement with the model's own top-1, so the model needs one "
+                f"(N, classes) output; '{model.name}' has outputs {[tuple(t.shape) for t in model.outputs]}"
+            )
+    classes = int(model.outputs[0].shape[-1]) if len(model.outputs[0].shape) == 2 else None
+    if use_labels:
+        classes = max(classes or 0, int(max(train.labels.max(), evaluation.labels.max())) + 1)
+    if head is not None and head_classes(parse_head(head)) is None:
+        raise InputError(f"the sweep trains a head per cut point: end --head with classes:N (got {head!r})")
+    train_labels = _labels_for(model, train, use_labels)
+    eval_labels = _labels_for(model, evaluation, use_labels)
+    train_set = Dataset(train.inputs, train_labels, train.source)
+
+    cut_points = [str(p) for p in points] if points else block_boundaries(model)
+    if not cut_points:
+        raise InputError(f"model '{model.name}' has no block boundaries to cut at; give cut points with --at")
+    candidates: list[tuple[str | None, Any, str | None]] = [(None, model, None)]
+    for point in cut_points:
+        note(f"cut at {point}: training the head")
+        base = truncate(model, at=point, trust=trust)
+        spec = head or default_head(len(base.outputs[0].shape), classes)
+        candidates.append((point, truncate(model, at=point, head=spec, train_data=train_set, epochs=epochs,
+                                           seed=seed, trust=trust), spec))
+
+    records: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix=".sweep-", dir=out_dir if out_dir.is_dir() else None) as tmp:
+        artifacts = []
+        for index, (point, candidate, spec) in enumerate(candidates):
+            note(f"export {point or 'full model'} to fp32 TFLite")
+            artifact = export_tflite(candidate, Path(tmp) / f"point{index}.fp32.tflite")
+            artifacts.append(artifact)
+            stats = model_stats(candidate)
+            predictions = _predict(candidate, evaluation.inputs).argmax(axis=1)
+            records.append({
+                "at": point,
+                "kind": "full" if point is None else "cut",
+                "head": spec,
+                "params": stats.params,
+                "macs": stats.macs,
+                "weight_bytes": stats.weight_bytes,
+                "tflite_bytes": artifact.stat().st_size,
+                "accuracy": float(np.mean(predictions == eval_labels)),
+            })
+        note(f"benchmark {len(artifacts)} artifact(s) on {target}")
+        results = run_benchmarks(artifacts, [find_profile(target)], [threads],
+                                 overrides={**BENCH_OVERRIDES, **(bench_overrides or {})})
+    by_name = {r["artifact"]: r for r in results}
+    for record, artifact in zip(records, artifacts, strict=True):
+        latency = by_name[artifact.name]["latency_ms"]
+        record["latency_ms"] = {k: latency[k] for k in ("p50", "p90", "mean", "min")}
+    for i in pareto_front(records):
+        records[i]["pareto"] = True
+    for record in records:
+        record.setdefault("pareto", False)
+
+    full = records[0]
+    drop_records = []
+    if drops:
+        for block in droppable_blocks(model):
+            note(f"drop {block}")
+            dropped = truncate(model, drop=block, trust=trust)
+            stats = model_stats(dropped)
+            accuracy = float(np.mean(_predict(dropped, evaluation.inputs).argmax(axis=1) == eval_labels))
+            drop_records.append({
+                "block": block, "params": stats.params, "macs": stats.macs,
+                "macs_saved": full["macs"] - stats.macs, "accuracy": accuracy,
+                "accuracy_cost": full["accuracy"] - accuracy,
+            })
+
+    chosen = recommend(records, budget)
+    environment = results[0]["environment"] if results else {}
+    document = {
+        "schema_version": SWEEP_SCHEMA_VERSION,
+        "toolchain_version": __version__,
+        "model": {**(source or {}), "name": model.name},
+        "metric": "accuracy" if use_labels else "agreement",
+        "data": {"train": train.source, "train_samples": len(train), "eval": evaluation.source,
+                 "eval_samples": len(evaluation)},
+        "head_epochs": epochs,
+        "seed": seed,
+        "target": target,
+        "threads": threads,
+        "environment": {k: environment.get(k) for k in ("machine", "cpu_model", "cpu_count", "backend",
+                                                        "backend_version", "python")},
+        "budget": {"max_latency_ms": budget.max_latency_ms, "min_accuracy": budget.min_accuracy},
+        "recommended": None if chosen is None else {"at": chosen["at"], "kind": chosen["kind"]},
+        "points": records,
+        "drops": drop_records,
+        "files": {"table": "sweep.md", "plot": "sweep.png"},
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_plot(out_dir / "sweep.png", document)
+    atomic_write_text(out_dir / "sweep.md", markdown(document))
+    atomic_write_json(out_dir / "sweep.json", document)
+    if budget.given and chosen is None:
+        best = max(records, key=lambda p: p["accuracy"])
+        fastest = min(records, key=lambda p: p["latency_ms"]["p50"])
+        raise BudgetError(
+            f"no cut point meets the budget ({_budget_text(budget)}): the most accurate reaches "
+            f"{best['accuracy']:.3f} at {best['latency_ms']['p50']:.3f} ms, the fastest runs "
+            f"{fastest['latency_ms']['p50']:.3f} ms at {fastest['accuracy']:.3f}; see {out_dir / 'sweep.md'}"
+        )
+    return document
+
+
+def _budget_text(budget: Budget) -> str:
+    parts = []
+    if budget.max_latency_ms is not None:
+        parts.append(f"p50 latency <= {budget.max_latency_ms:g} ms")
+    if budget.min_accuracy is not None:
+        parts.append(f"accuracy >= {budget.min_accuracy:g}")
+    return " and ".join(parts)
+
+
+def _label(point: dict[str, Any]) -> str:
+    return "full model" if point["at"] is None else str(point["at"])
+
+
+def markdown(document: dict[str, Any]) -> str:
+    metric = document["metric"]
+    chosen = document["recommended"]
+    lines = [
+        f"# Cut-point sweep: {document['model']['name']}",
+        "",
+        f"{metric.capitalize()} on {document['data']['eval_samples']} held-out samples"
+        + (" (top-1 agreement with the full model: no labels)" if metric == "agreement" else "")
+        + f"; heads trained {document['head_epochs']} epochs, seed {document['seed']}, base frozen. "
+        f"Latency: fp32 TFLite p50 on '{document['target']}', {document['threads']} thread(s). "
+        "★ marks the Pareto front (nothing is both faster and more accurate).",
+        "",
+        f"| Cut at | Head | Params | MACs | TFLite (KB) | p50 (ms) | {metric.capitalize()} | Pareto |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p in document["points"]:
+        mark = " **(recommended)**" if chosen and chosen["at"] == p["at"] else ""
+        lines.append(
+            f"| {_label(p)}{mark} | {p['head'] or 'original'} | {p['params']:,} | {p['macs']:,} | "
+            f"{p['tflite_bytes'] / 1024:.1f} | {p['latency_ms']['p50']:.3f} | {p['accuracy']:.4f} | "
+            f"{'★' if p['pareto'] else ''} |"
+        )
+    budget = document["budget"]
+    if budget["max_latency_ms"] is not None or budget["min_accuracy"] is not None:
+        given = _budget_text(Budget(**budget))
+        lines += ["", f"Budget: {given}. Recommended: "
+                  + (f"**{_label(chosen)}**." if chosen else "none: no point meets it.")]
+    if document["drops"]:
+        lines += ["", "## Dropping one residual block (original head kept)", "",
+                  f"| Block | Params | MACs saved | {metric.capitalize()} | Cost |", "|---|---|---|---|---|"]
+        for d in document["drops"]:
+            lines.append(f"| {d['block']} | {d['params']:,} | {d['macs_saved']:,} | {d['accuracy']:.4f} | "
+                         f"{d['accuracy_cost']:+.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_plot(path: Path, document: dict[str, Any]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .fileio import atomic_output
+
+    points = document["points"]
+    front = sorted((p for p in points if p["pareto"]), key=lambda p: p["latency_ms"]["p50"])
+    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=110)
+    try:
+        axes.scatter([p["latency_ms"]["p50"] for p in points], [p["accuracy"] for p in points],
+                     color="#8899aa", label="cut points", zorder=2)
+        axes.plot([p["latency_ms"]["p50"] for p in front], [p["accuracy"] for p in front], "o-",
+                  color="#d62728", label="Pareto front", zorder=3)
+        for p in points:
+            axes.annotate(_label(p), (p["latency_ms"]["p50"], p["accuracy"]), fontsize=7,
+                          xytext=(4, 4), textcoords="offset points")
+        chosen = document["recommended"]
+        if chosen:
+            p = next(p for p in points if p["at"] == chosen["at"])
+            axes.scatter([p["latency_ms"]["p50"]], [p["accuracy"]], s=180, facecolors="none",
+                         edgecolors="#2ca02c", linewidths=2, label="recommended", zorder=4)
+        budget = document["budget"]
+        if budget["max_latency_ms"] is not None:
+            axes.axvline(budget["max_latency_ms"], color="#2ca02c", linestyle="--", linewidth=1)
+        if budget["min_accuracy"] is not None:
+            axes.axhline(budget["min_accuracy"], color="#2ca02c", linestyle="--", linewidth=1)
+        axes.set_xlabel(f"fp32 TFLite p50 latency (ms) on {document['target']}")
+        axes.set_ylabel(document["metric"])
+        axes.set_title(f"{document['model']['name']}: {document['metric']} vs latency")
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize=8, loc="lower right")
+        figure.tight_layout()
+        with atomic_output(path, suffix=".png") as tmp:
+            figure.savefig(tmp, format="png")
+    finally:
+        plt.close(figure)
+    return path
+
+
+def sweep_file(
+    model_path: str | Path,
+    data: str | Path,
+    out_dir: str | Path,
+    *,
+    eval_data: str | Path | None = None,
+    labels_key: str = "y",
+    samples: int | None = None,
+    eval_fraction: float = 0.2,
+    **options: Any,
+) -> dict[str, Any]:
+    """The CLI's entry: load the model and data (split DATA when no EVAL is given), then sweep."""
+    from .data import load_npz
+    from .fileio import sha256_file
+    from .keras_io import input_signature, load_model
+
+    model = load_model(model_path, trust=options.get("trust", False))
+    specs = input_signature(model)
+    train = load_npz(data, specs, labels_key=labels_key)
+    if eval_data is not None:
+        evaluation = load_npz(eval_data, specs, labels_key=labels_key)
+    else:
+        if not 0 < eval_fraction < 1:
+            raise InputError(f"eval fraction must be in (0, 1), got {eval_fraction}")
+        order = np.random.default_rng(options.get("seed", 0)).permutation(len(train))
+        cut = max(1, int(round(len(train) * eval_fraction)))
+        if cut >= len(train):
+            raise InputError(f"{data}: {len(train)} sample(s) are too few to hold some out; give --eval")
+        evaluation = _take(train, order[:cut], f"{data} (held-out {eval_fraction:.0%})")
+        train = _take(train, order[cut:], f"{data} (the other {1 - eval_fraction:.0%})")
+    if samples is not None:
+        train, evaluation = train.head(samples), evaluation.head(samples)
+    if (train.labels is None) != (evaluation.labels is None):
+        raise InputError(f"labels under '{labels_key}' are in only one of the training and evaluation files")
+    source = {"path": str(model_path), "sha256": sha256_file(model_path)}
+    return run_sweep(model, train, evaluation, out_dir, source=source, **options)
+
+
+def _take(data: Dataset, index: np.ndarray, source: str) -> Dataset:
+    return Dataset({k: v[index] for k, v in data.inputs.items()},
+                   None if data.labels is None else data.labels[index], source, list(data.notes))
