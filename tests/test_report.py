@@ -152,3 +152,16 @@ def test_estimates_skip_profiles_without_facts_or_unreadable(tmp_path):
     assert doc["skipped"] == [{"target": "local",
                                "reason": "profile has no hardware.peak_gflops / hardware.memory_bandwidth_gbs"}]
     assert doc["estimates"][0]["lower_bound_ms"] == pytest.approx(1.0)  # 1e6 bytes at 1 GB/s
+
+
+def test_runner_keeps_a_bounded_sample_of_latencies(demo_run):
+    from toolchain.device.runner import MAX_LATENCY_SAMPLES, bounded_samples
+
+    assert bounded_samples([1.0, 2.0]) == [1.0, 2.0]
+    many = [float(i) for i in range(5000)]
+    picked = bounded_samples(many)
+    assert len(picked) == MAX_LATENCY_SAMPLES and picked[:2] == [0.0, 5.0] and picked[-1] == 4995.0
+    for result in json.loads((demo_run / "bench.json").read_text())["results"]:
+        samples, stats = result["latency_samples_ms"], result["latency_ms"]
+        assert 0 < len(samples) <= min(stats["count"], MAX_LATENCY_SAMPLES)
+        assert stats["min"] - 1e-6 <= min(samples) <= max(samples) <= stats["max"] + 1e-6

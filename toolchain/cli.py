@@ -503,15 +503,16 @@ def sweep_command(
 def _print_summary(result: Any, quiet: bool) -> None:
     from .stages.report import COLUMNS, summary_rows
 
-    rows = summary_rows(result.manifest, getattr(result, "budgets", None))
+    budgets = getattr(result, "budgets", None) or {}
+    rows = summary_rows(result.manifest, budgets)
     table = Table(title="edge-toolchain run")
-    keep = [(k, t) for k, t in COLUMNS if k not in ("format",)]
+    hidden = {"format"} | (set() if any(r["checks"] for r in budgets.get("results", [])) else {"budget"})
+    keep = [(k, t) for k, t in COLUMNS if k not in hidden]
     for _, title in keep:
         table.add_column(title)
     for row in rows:
         table.add_row(*[row[k] for k, _ in keep])
     out.print(table)
-    budgets = getattr(result, "budgets", None) or {}
     for r in budgets.get("results", []):
         if not r["passed"]:
             out.print(f"[red]over budget[/] {r['artifact']} on {r['target']}: {'; '.join(r['failures'])}",
@@ -520,6 +521,7 @@ def _print_summary(result: Any, quiet: bool) -> None:
     out.print(f"manifest:      {result.run_dir / 'manifest.json'}")
     if result.report:
         out.print(f"report:        {result.report}")
+        out.print(f"               {result.report.with_suffix('.html')}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -89,6 +89,7 @@ def run_benchmarks(
                     "threads": count,
                     "valid": True,
                     "latency_ms": answer["latency_ms"],
+                    "latency_samples_ms": answer.get("latency_samples_ms"),  # None from older runners
                     "load_ms": answer["load_ms"],
                     "first_inference_ms": answer["first_inference_ms"],
                     "warmup_runs": answer["warmup_runs"],
