@@ -115,7 +115,7 @@ def test_bench_in_device_venv_through_local_target(artifacts, device_python, tmp
         assert r["environment"]["python_executable"] == str(device_python)
 
 
-def test_bench_over_ssh_in_parallel_with_local(artifacts, device_python, ssh_server, tmp_path, capsys):
+def test_bench_over_ssh_in_parallel_with_local(artifacts, demo_inputs, device_python, ssh_server, tmp_path, capsys):
     folder = tmp_path / "profiles"
     write_profile(folder, "ssh-pi", ssh_connection(ssh_server, python=str(device_python)))
     config = ssh_server.write_ssh_config(tmp_path / "ssh_config", alias="pi-alias")
@@ -124,13 +124,14 @@ def test_bench_over_ssh_in_parallel_with_local(artifacts, device_python, ssh_ser
     before = device_temp_dirs()
     code, document, err = bench_json(capsys, [str(artifacts["tflite"]), str(artifacts["onnx"]),
                                               "--target", "ssh-pi", "--target", "alias-pi", "--target", "local",
-                                              "--targets-dir", str(folder)])
+                                              "--targets-dir", str(folder),
+                                              "--inputs", str(demo_inputs / "digits_eval.npz")])
     assert code == 0, err
     runs = {(r["target"], r["artifact"]): r for r in document["results"]}
     assert len(runs) == 6
     for target in ("ssh-pi", "alias-pi"):
         tflite = runs[(target, "digits.fp32.tflite")]
-        assert tflite["connection"] == "ssh"
+        assert tflite["connection"] == "ssh" and tflite["inputs"] == "file"
         assert tflite["environment"]["backend"] == "tflite_runtime"
         assert tflite["environment"]["numpy"].startswith("1.")
         assert runs[(target, "digits.fp32.onnx")]["environment"]["backend"] == "onnxruntime"
