@@ -9,7 +9,7 @@ from toolchain.artifact_info import describe
 from toolchain.cli import main
 from toolchain.config import load_profile
 from toolchain.data import Dataset
-from toolchain.errors import StageError, TargetError
+from toolchain.errors import ConfigError, StageError, TargetError
 from toolchain.keras_io import input_signature
 from toolchain.stages.compat import check_compat, raise_on_incompatible
 from toolchain.stages.export_onnx import export_onnx
@@ -121,6 +121,7 @@ eval = "digits_eval.npz"
 samples = 40
 [export]
 formats = ["tflite", "onnx"]
+dynamic_batch = true
 targets = ["{profile}"]
 [export.tflite]
 recipes = ["fp32", "dynamic"]
@@ -156,4 +157,51 @@ def test_pipeline_records_compat_and_fails_export_for_the_rejecting_target(pipel
     for name, verdict in verdicts.items():
         assert verify_doc["artifacts"][name]["compat"]["device-tflite214"]["verdict"] == verdict
     onnx = next(a for a in manifest["artifacts"] if a["format"] == "onnx")
-    assert onnx["inputs"][0]["shape"] == [1, 1, 8, 8]  # nchw = true
+    assert onnx["inputs"][0]["shape"] == [None, 1, 8, 8]  # nchw = true, dynamic_batch = true
+    assert all(a["inputs"][0]["shape"][0] is None for a in manifest["artifacts"])
+
+
+@pytest.fixture(scope="module")
+def cnn_artifact(tmp_path_factory, small_cnn):
+    return export_tflite(small_cnn, tmp_path_factory.mktemp("compat-errors") / "cnn.tflite")
+
+
+def fake_python(tmp_path, body: str):
+    """A stand-in device python: a shell script in front of (or instead of) the real one."""
+    script = tmp_path / "python"
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(0o755)
+    return script
+
+
+def test_runtime_crash_while_loading_is_a_rejection(cnn_artifact, small_cnn, device_python, tmp_path):
+    from toolchain.config import TargetProfile
+
+    python = fake_python(tmp_path, 'request=$(cat)\ncase "$request" in\n'
+                         f'  *probe*) printf "%s" "$request" | exec "{device_python}" "$@" ;;\n'
+                         '  *) kill -SEGV $$ ;;\nesac\n')
+    profile = TargetProfile(name="crashy", connection={"python": str(python)})
+    data = inputs_for(small_cnn)
+    record = check_compat(cnn_artifact, profile, data, run_artifact(cnn_artifact, data))
+    assert record["verdict"] == "fail" and record["loads"] is False
+    assert record["reason"].startswith("the runtime crashed (exit -11)")
+
+
+def test_runner_setup_problems_are_target_errors(cnn_artifact, small_cnn, device_python, tmp_path):
+    from toolchain.config import TargetProfile
+
+    data = inputs_for(small_cnn)
+    silent = TargetProfile(name="silent", connection={"python": str(fake_python(tmp_path, "exit 7\n"))})
+    with pytest.raises(TargetError, match="target 'silent': the runner exited 7 without an answer"):
+        check_compat(cnn_artifact, silent, data, {})
+    slow = TargetProfile(name="slow", connection={"python": str(device_python)})
+    with pytest.raises(TargetError, match="target 'slow': the runner did not finish within 0.01 s"):
+        check_compat(cnn_artifact, slow, data, {}, timeout=0.01)
+    remote = TargetProfile(name="pi", connection={"kind": "ssh", "host": "pi.local"})
+    with pytest.raises(ConfigError, match="compatibility checks run a local python executable; "
+                                        "connection kind 'ssh' is not supported"):
+        check_compat(cnn_artifact, remote, data, {})
+    no_backend = TargetProfile(name="nobackend", connection={"python": str(device_python)},
+                               runtime={"tflite_backend": "ai_edge_litert"})
+    with pytest.raises(TargetError, match="target 'nobackend': no inference backend"):
+        check_compat(cnn_artifact, no_backend, data, {})

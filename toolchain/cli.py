@@ -52,6 +52,17 @@ def run(
     junit: Annotated[
         Path | None, typer.Option("--junit", help="Write the budget checks as JUnit XML to this file (for CI).")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Ignore cached results and run every stage again.")
+    ] = False,
+    only: Annotated[
+        str | None, typer.Option("--only", metavar="STAGE", help=(
+            "Run only this stage (export, verify, bench or report); earlier stages come from the "
+            "cache, later ones are skipped."))
+    ] = None,
+    log_json: Annotated[
+        bool, typer.Option("--log-json", help="Progress as one JSON object per line on stderr.")
+    ] = False,
 ) -> None:
     """Run a pipeline: export, verify, benchmark, check budgets and report."""
     from .config import load_config
@@ -60,7 +71,8 @@ def run(
 
     try:
         config, raw = load_config(pipeline)
-        result = run_pipeline(config, raw, out_dir, console=err, quiet=quiet)
+        result = run_pipeline(config, raw, out_dir, console=err, quiet=quiet, force=force, only=only,
+                              log_json=log_json)
     except ToolchainError as e:  # CI still gets a JUnit file, with the error in it
         if junit:
             evaluation = getattr(e, "evaluation", None)
@@ -144,6 +156,96 @@ def demo(
     _print_summary(result, quiet)
 
 
+@app.command("export")
+def export_command(
+    model: Annotated[Path, typer.Argument(help="Keras model (.keras or .h5).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Artifact path (.tflite or .onnx).")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="tflite or onnx.")] = "tflite",
+    recipe: Annotated[str, typer.Option("--recipe", help="fp32 (default) or a quantization recipe.")] = "fp32",
+    batch: Annotated[str, typer.Option("--batch", help="Batch dimension: N (default 1) or 'dynamic'.")] = "1",
+    opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset (default 17).")] = None,
+    nchw: Annotated[bool, typer.Option("--nchw", help="ONNX: 4-D inputs channels-first.")] = False,
+    allow_flex: Annotated[
+        bool, typer.Option("--allow-flex", help="TFLite: allow Flex (TF Select) ops.")
+    ] = False,
+    target: Annotated[
+        list[str] | None,
+        typer.Option("--target", help="Target profile whose own runtime must load and run it (repeatable)."),
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Inputs .npz (calibration; compatibility check samples).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    trust_model: Annotated[
+        bool, typer.Option("--trust-model", help="Allow Lambda layers (runs code from the file).")
+    ] = False,
+) -> None:
+    """Export one Keras model to TFLite or ONNX, optionally checked on target runtimes."""
+    from .config import DEFAULT_ONNX_OPSET
+    from .standalone import export_artifact, parse_batch
+
+    result = export_artifact(
+        model, output, fmt=fmt, recipe=recipe, batch_size=parse_batch(batch),
+        opset=DEFAULT_ONNX_OPSET if opset is None else opset, nchw=nchw, allow_flex=allow_flex,
+        targets=target, data=data, trust=trust_model,
+    )
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    info = result["info"]
+    out.print(f"[green]✓[/] wrote {result['path']} ({info['bytes']:,} bytes, {fmt} {recipe})")
+    for title in ("inputs", "outputs"):
+        out.print(f"  {title}: " + ", ".join(f"{t['name']} {t['shape']} {t['dtype']}" for t in info[title]))
+    for record in result["compat"].values():
+        out.print(f"  target {record['target']}: {record['summary']}", highlight=False)
+
+
+@app.command("verify")
+def verify_command(
+    artifact: Annotated[Path, typer.Argument(help="A .tflite or .onnx file.")],
+    reference: Annotated[Path, typer.Option("--reference", help="The Keras model it was made from.")],
+    data: Annotated[Path, typer.Option("--data", help="Evaluation data .npz keyed by input name.")],
+    samples: Annotated[int | None, typer.Option("--samples", help="Use the first N samples.")] = None,
+    recipe: Annotated[
+        str | None, typer.Option("--recipe", help="Tolerance recipe (default: from the artifact's metadata).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    trust_model: Annotated[
+        bool, typer.Option("--trust-model", help="Allow Lambda layers (runs code from the file).")
+    ] = False,
+) -> None:
+    """Run an artifact in its runtime and compare it with the Keras model (exit 5 on mismatch)."""
+    from .errors import ParityError
+    from .standalone import verify_file
+
+    try:
+        result = verify_file(artifact, reference, data, samples=samples, recipe=recipe, trust=trust_model)
+    except ParityError as e:
+        if getattr(e, "result", None) is not None:
+            _print_verify(e.result, as_json)
+        raise
+    _print_verify(result, as_json)
+
+
+def _print_verify(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    table = Table(title=f"{Path(result['artifact']).name} vs {Path(result['reference']).name} "
+                        f"({result['recipe']}, {result.get('samples', 0)} samples): {result['verdict']}",
+                  title_justify="left")
+    for column in ("output", "max abs error", "mean abs error", "cosine min", "top-1 agreement", "accuracy"):
+        table.add_column(column)
+    for name, m in result["outputs"].items():
+        def fmt(key: str, spec: str = ".3g", m: dict = m) -> str:
+            return "—" if m.get(key) is None else format(m[key], spec)
+        table.add_row(name, fmt("max_abs_error"), fmt("mean_abs_error"), fmt("cosine_min", ".6f"),
+                      fmt("top1_agreement", ".4f"), fmt("accuracy", ".4f"))
+    out.print(table)
+    for failure in result["failures"]:
+        out.print(f"  [red]✗[/] {failure}", highlight=False)
+
+
 @app.command()
 def inspect(
     file: Annotated[Path, typer.Argument(help="A .keras, .h5, .tflite or .onnx file.")],
@@ -178,6 +280,8 @@ def inspect(
     out.print(f"[bold]ops[/] ({len(info['ops'])}): {ops}")
     if "opset" in info:
         out.print(f"[bold]opset[/]: {info['opset']}")
+    if info.get("min_runtime_version"):
+        out.print(f"[bold]min runtime version[/] (converter's estimate): {info['min_runtime_version']}")
     if info.get("metadata"):
         out.print(f"[bold]metadata[/]: {info['metadata']}")
 
@@ -277,7 +381,9 @@ def bench(
     def progress(record: dict[str, Any]) -> None:
         if not as_json:
             err.print(f"[green]✓[/] {record['artifact']} on {record['target']} x{record['threads']}: "
-                      f"p50 {record['latency_ms']['p50']:.3f} ms", highlight=False)
+                      f"p50 {record['latency_ms']['p50']:.3f} ms"
+                      + (" (EMULATED timing, not a device figure)" if record.get("connection") == "emulated" else ""),
+                      highlight=False)
 
     results = run_benchmarks(artifacts, profiles, counts, None, progress, overrides=overrides, inputs=inputs)
     document = bench_document(results)

@@ -18,9 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 
-TFLITE_RECIPES = ("fp32",)
-ONNX_RECIPES = ("fp32",)
-DEFAULT_ONNX_OPSET = 17  # onnxruntime >= 1.14 and every tflite-era device image run opset 17
+TFLITE_RECIPES = ("fp32", "fp16", "dynamic", "int8", "int8-float-io", "int16x8")
+ONNX_RECIPES = ("fp32", "fp16", "dynamic", "int8")
+# Recipes whose activation ranges come from calibration data.
+CALIBRATED_RECIPES = {"tflite": ("int8", "int8-float-io", "int16x8"), "onnx": ("int8",)}
+# Opset 17 (ONNX 1.12, 2022): onnxruntime implements it from 1.13 on, so wheels of the last
+# three years run it, including those for Python 3.9-3.11 on aarch64 device images; it is the
+# first opset with LayerNormalization as one op. tf2onnx here emits 13-18 (see README "Export").
+DEFAULT_ONNX_OPSET = 17
 
 
 # TOML has no path type: accept strings for paths, strictly typed everywhere else.
@@ -37,19 +42,65 @@ class ModelSection(Section):
     trust: bool = False
 
 
+class PreprocessSection(Section):
+    """How image folders become input arrays: resize, colour mode, then (x * scale - mean) / std."""
+
+    size: list[int] | None = Field(default=None, min_length=2, max_length=2)  # [height, width]
+    color: Literal["rgb", "grayscale"] = "rgb"
+    scale: float = 1 / 255
+    mean: list[float] = Field(default_factory=lambda: [0.0])  # one value, or one per channel
+    std: list[float] = Field(default_factory=lambda: [1.0])
+
+    @field_validator("std")
+    @classmethod
+    def _nonzero(cls, v: list[float]) -> list[float]:
+        if any(s == 0 for s in v):
+            raise ValueError("std values must be non-zero")
+        return v
+
+
+class CalibrationSection(Section):
+    # .npy/.npz file, image folder, 'module:function', or "eval" to split the eval source
+    source: str | None = None
+    samples: int = Field(default=200, ge=1, le=100_000)
+    fraction: float = Field(default=0.5, gt=0, lt=1)  # share of a shared source used to calibrate
+    seed: int = 0
+    allow_random: bool = False  # random calibration data: artifacts are not trustworthy
+
+
 class DataSection(Section):
-    eval: PathValue | None = None
+    # .npy/.npz file, image folder (class sub-folders give labels), or 'module:function'
+    eval: str | None = None
     labels_key: str = "y"
     samples: int = Field(default=200, ge=1, le=1_000_000)
+    value_range: list[float] | None = Field(default=None, min_length=2, max_length=2)
+    preprocess: PreprocessSection = Field(default_factory=PreprocessSection)
+    calibration: CalibrationSection = Field(default_factory=CalibrationSection)
 
 
 class TFLiteExportSection(Section):
     recipes: list[Literal[TFLITE_RECIPES]] = Field(default_factory=lambda: ["fp32"], min_length=1)
+    keep_float: list[str] = Field(default_factory=list)  # Keras layer names left in float
+
+    @model_validator(mode="after")
+    def _keep_float_recipes(self) -> TFLiteExportSection:
+        refused = [r for r in self.recipes if r in ("int8", "int16x8")]
+        if self.keep_float and refused:
+            raise ValueError(
+                f"keep_float works with the 'int8-float-io' recipe only (TFLite's selective quantization "
+                f"keeps float input/output); remove {', '.join(refused)} from recipes or keep_float"
+            )
+        return self
+    allow_flex: bool = False  # Flex (TF Select) ops: tflite-runtime on a device cannot run them
 
 
 class OnnxExportSection(Section):
     recipes: list[Literal[ONNX_RECIPES]] = Field(default_factory=lambda: ["fp32"], min_length=1)
     opset: int = Field(default=DEFAULT_ONNX_OPSET, ge=13, le=21)
+    keep_float: list[str] = Field(default_factory=list)  # Keras layer names left in float
+    per_channel: bool = True  # int8: one scale per output channel of each weight
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    nchw: bool = False  # 4-D inputs channels-first (tf2onnx inputs_as_nchw)
 
 
 class ExportSection(Section):
@@ -57,6 +108,10 @@ class ExportSection(Section):
         default_factory=lambda: ["tflite", "onnx"], min_length=1
     )
     batch_size: int = Field(default=1, ge=1, le=4096)
+    dynamic_batch: bool = False  # batch dimension left open (None); batch_size then only sizes estimates
+    # target profile names (or .toml paths) whose own runtime must load and run every
+    # artifact (stages/compat.py); a rejection fails the export for that target
+    targets: list[str] = Field(default_factory=list)
     tflite: TFLiteExportSection = Field(default_factory=TFLiteExportSection)
     onnx: OnnxExportSection = Field(default_factory=OnnxExportSection)
 
@@ -72,6 +127,7 @@ class Tolerance(Section):
     max_abs_error: float | None = Field(default=None, ge=0)
     min_cosine: float | None = Field(default=None, ge=-1, le=1)
     min_top1_agreement: float | None = Field(default=None, ge=0, le=1)
+    max_accuracy_drop: float | None = Field(default=None, ge=0, le=1)  # vs Keras, 0.01 = 1 pt
 
 
 class VerifySection(Section):
@@ -138,6 +194,34 @@ class OutputSection(Section):
     dir: PathValue = Path("run")
 
 
+class TruncateTrainSection(Section):
+    """Labelled data to train the new head on (the base stays frozen)."""
+
+    data: PathValue
+    labels_key: str = "y"
+    epochs: int = Field(default=10, ge=1, le=10_000)
+    seed: int = 0
+    batch_size: int = Field(default=32, ge=1, le=65_536)
+    learning_rate: float = Field(default=1e-2, gt=0, le=10)
+
+
+class TruncateSection(Section):
+    """[truncate]: cut points, dropped layers/blocks and a new head (see README, Truncation)."""
+
+    at: list[str | int] = Field(default_factory=list)
+    drop: list[str] = Field(default_factory=list)
+    head: str | None = None
+    train: TruncateTrainSection | None = None
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> TruncateSection:
+        if not (self.at or self.drop or self.head):
+            raise ValueError("give at least one of 'at', 'drop' or 'head'")
+        if self.train is not None and not self.head:
+            raise ValueError("'train' trains a new head: give 'head' too")
+        return self
+
+
 class PipelineConfig(Section):
     model: ModelSection
     data: DataSection = Field(default_factory=DataSection)
@@ -148,6 +232,7 @@ class PipelineConfig(Section):
     budgets: BudgetsSection = Field(default_factory=BudgetsSection)
     package: PackageSection = Field(default_factory=PackageSection)
     output: OutputSection = Field(default_factory=OutputSection)
+    truncate: TruncateSection | None = None
 
     @property
     def model_name(self) -> str:
@@ -181,11 +266,31 @@ def resolve_paths(config: PipelineConfig, base: Path) -> PipelineConfig:
         p = p.expanduser()
         return p if p.is_absolute() else (base / p).resolve()
 
-    config.model.path = resolve(config.model.path)
-    config.data.eval = resolve(config.data.eval)
-    config.output.dir = resolve(config.output.dir)
-    config.bench.targets_dir = resolve(config.bench.targets_dir)
+    def checked(key: str, value: Any, how: Any) -> Any:
+        try:
+            return how(value)
+        except (ValueError, RuntimeError) as e:  # a NUL byte, '~user' of an unknown user
+            raise ConfigError(f"'{key}': {str(value)[:200]!r} is not a usable path ({e})") from e
+
+    config.model.path = checked("model.path", config.model.path, resolve)
+    config.data.eval = checked("data.eval", config.data.eval, lambda s: resolve_source(s, base))
+    config.data.calibration.source = checked("data.calibration.source", config.data.calibration.source,
+                                             lambda s: resolve_source(s, base))
+    config.output.dir = checked("output.dir", config.output.dir, resolve)
+    config.bench.targets_dir = checked("bench.targets_dir", config.bench.targets_dir, resolve)
+    if config.truncate is not None and config.truncate.train is not None:
+        config.truncate.train.data = checked("truncate.train.data", config.truncate.train.data, resolve)
     return config
+
+
+def resolve_source(source: str | None, base: Path) -> str | None:
+    """Data sources: 'eval' and 'module:function' stay as they are, paths become absolute."""
+    import re
+
+    if source is None or source == "eval" or re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", source):
+        return source
+    path = Path(source).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
 
 
 def config_sha256(raw: dict[str, Any]) -> str:
@@ -409,6 +514,16 @@ def list_profiles(extra_dirs: list[Path] | None = None) -> dict[str, Path]:
         for file in sorted(folder.glob("*.toml")):
             found[file.stem] = file
     return found
+
+
+def profile_by_name_or_path(target: str) -> TargetProfile:
+    """A shipped profile by name, or a profile file given by path (ending in .toml)."""
+    if target.endswith(".toml"):
+        path = Path(target).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"target profile file not found: {path}")
+        return load_profile(path)
+    return find_profile(target)
 
 
 def find_profile(name: str, extra_dirs: list[Path] | None = None) -> TargetProfile:
