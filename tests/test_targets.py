@@ -130,3 +130,19 @@ def test_bench_cli_rejects_bad_threads_and_missing_artifacts(tmp_path, capsys):
     assert "expected a .tflite or .onnx file" in capsys.readouterr().err
     assert main(["bench", str(artifact), "--inputs", str(tmp_path / "none.npz")]) == 2
     assert "inputs file not found" in capsys.readouterr().err
+
+
+def test_runner_stays_python_39_compatible():
+    import ast
+
+    from toolchain.targets.local import RUNNER_PATH
+
+    tree = ast.parse(RUNNER_PATH.read_text(), feature_version=(3, 9))  # devices run Python >= 3.9
+    annotations = [n for n in ast.walk(tree) if isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr)
+                   and any(isinstance(side, ast.Name) and side.id == "None" for side in (n.left, n.right))]
+    assert annotations == []  # `X | None` needs 3.10 when evaluated
+    imports = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imports |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    allowed = {"json", "os", "platform", "subprocess", "sys", "time", "resource", "importlib", "numpy",
+               "ai_edge_litert", "tflite_runtime", "tensorflow", "onnxruntime"}
+    assert imports <= allowed, imports - allowed
