@@ -109,12 +109,11 @@ def gate_artifact(
         where = f"emulated {board} ({record['backend']})"
         if failure is not None:
             advice = advice_for(failure["message"])
-            message = failure["message"] + (f" (fix: {advice})" if advice else "")
+            message = " ".join(failure["message"].split()) + (f" (fix: {advice})" if advice else "")
             loads = failure["kind"] == "inference_failed"  # loaded, then invoke failed
             return record | {"verdict": "fail", "failure": failure["kind"], "failures": [message],
                              "signal": run.signal, "loads": loads, "runs": False, "reason": message,
-                             "summary": f"{where}: " + ("loads, but inference fails" if loads
-                                                        else f"fails ({failure['kind']})") + f": {message}"}
+                             "summary": message}
         with np.load(outputs_file) as data:
             outputs = {name: data[name] for name in data.files}
     environment = (run.answer or {}).get("environment", {})
