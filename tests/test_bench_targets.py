@@ -280,3 +280,32 @@ def test_benchmark_timeout_on_the_device(artifacts, device_python, ssh_server, t
     with pytest.raises(TargetError, match=r"did not finish within 3 s on the device.*no result recorded"):
         open_target(profile).run({**ENDLESS_REQUEST, "model": str(artifacts["onnx"])}, 3)
     assert device_temp_dirs() - before == set()
+
+
+def test_pipeline_bench_stage_on_an_ssh_target(demo_inputs, device_python, ssh_server, tmp_path, capsys):
+    write_profile(tmp_path / "profiles", "ssh-pi", ssh_connection(ssh_server, python=str(device_python)))
+    pipeline = tmp_path / "pipeline.toml"
+    pipeline.write_text(f"""
+[model]
+path = "{demo_inputs / 'digits_cnn.keras'}"
+name = "digits"
+[export]
+formats = ["tflite"]
+[verify]
+enabled = false
+[bench]
+targets = ["ssh-pi"]
+targets_dir = "profiles"
+min_runs = 10
+min_seconds = 0.0
+warmup_seconds = 0.0
+[report]
+enabled = false
+""")
+    code = main(["run", str(pipeline), "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((tmp_path / "run" / "bench.json").read_text())["results"]
+    assert [(r["artifact"], r["target"], r["connection"]) for r in results] == [
+        ("digits.fp32.tflite", "ssh-pi", "ssh")]
+    assert results[0]["environment"]["backend"] == "tflite_runtime"
+    assert results[0]["settings"]["min_runs"] == 10
