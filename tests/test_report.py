@@ -165,3 +165,13 @@ def test_runner_keeps_a_bounded_sample_of_latencies(demo_run):
         samples, stats = result["latency_samples_ms"], result["latency_ms"]
         assert 0 < len(samples) <= min(stats["count"], MAX_LATENCY_SAMPLES)
         assert stats["min"] - 1e-6 <= min(samples) <= max(samples) <= stats["max"] + 1e-6
+
+
+def test_html_shouts_data_warnings(demo_run):
+    from toolchain.stages.report import load_run
+    from toolchain.stages.report_html import render_html
+
+    docs = load_run(demo_run)
+    docs.manifest["data"] = {"warning": "calibrated on RANDOM data <unsafe>"}
+    assert '<p class="warn" id="data-warning">WARNING: calibrated on RANDOM data &lt;unsafe&gt;</p>' in \
+        render_html(docs, {})

@@ -214,8 +214,11 @@ def render_html(docs: RunDocuments, plots: dict[str, tuple[str, bytes]]) -> str:
         f"{source['bytes'] / 1024:.1f} KB</li>",
         "<li>Tools: " + _e(", ".join(f"{k} {v}" for k, v in m["tool_versions"].items() if v)) + "</li>",
         "</ul>",
-        '<h2 id="summary">Summary</h2>',
     ]
+    data = m.get("data") or {}
+    if data.get("warning"):  # e.g. random calibration data: shout it
+        parts.append(f'<p class="warn" id="data-warning">WARNING: {_e(data["warning"])}</p>')
+    parts.append('<h2 id="summary">Summary</h2>')
     rows = summary_rows(m, docs.budgets)
     parts.append(_table([t for _, t in COLUMNS], [
         [_verdict(r[k]) if k in ("verify", "budget") else _e(r[k]) for k, _ in COLUMNS] for r in rows
