@@ -501,3 +501,77 @@ def test_cli_truncate_errors_leave_no_output(demo_inputs, tmp_path, capsys):
     assert main(["truncate", model, "-o", str(tmp_path / "cut.h5"), "--at", "pool"]) == 2
     assert "give an output path ending in .keras" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+TRUNCATE_PIPELINE = """\
+[model]
+path = "digits_cnn.keras"
+name = "digits"
+
+[data]
+eval = "digits_eval.npz"
+samples = 200
+
+[export]
+formats = ["tflite", "onnx"]
+
+[verify]
+samples = 200
+
+[bench]
+enabled = false
+
+[truncate]
+at = ["pool"]
+drop = ["conv2"]
+head = "flatten,classes:10"
+
+[truncate.train]
+data = "digits_train.npz"
+epochs = 4
+seed = 1
+"""
+
+
+def test_pipeline_truncate_stage_exports_the_truncated_model(pipeline_copy, tmp_path):
+    import json
+
+    from toolchain.cli import main
+    from toolchain.fileio import sha256_file
+    from toolchain.keras_io import load_model
+    from toolchain.manifest import validate_manifest
+
+    pipeline_copy.write_text(TRUNCATE_PIPELINE.replace('drop = ["conv2"]\n', ""))
+    out = tmp_path / "run"
+    assert main(["run", str(pipeline_copy), "--out", str(out), "--quiet"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    validate_manifest(manifest)
+    [model] = manifest["models"]
+    assert model["path"] == "models/digits.truncated.keras" and model["stage"] == "truncate"
+    assert model["sha256"] == sha256_file(out / model["path"])
+    assert model["parent"] == manifest["source_model"]["sha256"]
+    assert model["settings"]["at"] == ["pool"] and model["params"] == 9930
+    assert model["outputs"][0]["name"] == "head_classes"
+    assert load_model(out / model["path"]).output_names == ["head_classes"]
+    assert [a["name"] for a in manifest["artifacts"]] == ["digits.fp32.tflite", "digits.fp32.onnx"]
+    for artifact in manifest["artifacts"]:
+        assert artifact["parent"] == model["sha256"]
+        assert artifact["verify"]["verdict"] == "pass"
+        assert artifact["outputs"][0]["shape"][-1] == 10
+        assert artifact["verify"]["outputs"]["head_classes"]["accuracy"] > 0.85  # retrained head on conv features
+    verify = json.loads((out / "verify.json").read_text())
+    assert verify["reference"] == "models/digits.truncated.keras"
+
+
+def test_pipeline_truncate_errors_write_nothing(pipeline_copy, tmp_path, capsys):
+    from toolchain.cli import main
+
+    pipeline_copy.write_text(TRUNCATE_PIPELINE)  # conv2 changes the shape: it cannot be dropped
+    out = tmp_path / "run"
+    assert main(["run", str(pipeline_copy), "--out", str(out), "--quiet"]) == 2
+    assert "cannot drop 'conv2'" in capsys.readouterr().err
+    assert not (out / "manifest.json").exists() and not (out / "models").exists()
+    pipeline_copy.write_text(TRUNCATE_PIPELINE.replace('drop = ["conv2"]\n', "").replace('at = ["pool"]', "at = []")
+                             .replace('head = "flatten,classes:10"\n', ""))
+    assert main(["run", str(pipeline_copy), "--out", str(out), "--quiet"]) == 2
+    assert "give at least one of 'at', 'drop' or 'head'" in capsys.readouterr().err

@@ -45,6 +45,7 @@ from .stages.export_tflite import export_tflite, tflite_layer_errors
 from .stages.quantize_onnx import onnx_layer_errors, quantize_onnx
 from .stages.report import RunDocuments
 from .stages.report_html import write_reports
+from .stages.truncate import save_truncated, truncate_from_config
 from .stages.verify import raise_on_failures, run_artifact, tolerance_for, verify_artifact
 
 RESULT_SCHEMA_VERSION = "1.0"
@@ -246,8 +247,18 @@ def _run_stages(
     config: PipelineConfig, model: Any, run_dir: Path, manifest: dict[str, Any], log: StageLog,
     ctx: RunContext,
 ) -> RunResult:
+    truncation = None
+    source_key = manifest["source_model"]["sha256"]
+    if config.truncate is not None:  # validated here, saved once the run directory is locked
+        with log.stage("truncate", "and train the head" if config.truncate.train else ""):
+            truncation = truncate_from_config(model, config.truncate, parent_sha256=source_key,
+                                              trust=config.model.trust)
+        model, source_key = truncation.model, truncation.key
     run_data = _load_run_data(config, model, log)
     data: Dataset | None = run_data.evaluation
+    if data is not None and truncation is not None and not truncation.keeps_labels:
+        data = Dataset(data.inputs, None, data.source, [*data.notes, "labels not used: the truncated model "
+                                                        "outputs features (no classes head)"])
     manifest["data"] = run_data.record
 
     artifacts: list[tuple[Path, str, str]] = []
@@ -257,7 +268,7 @@ def _run_stages(
         section = config.export.tflite if fmt == "tflite" else config.export.onnx
         for recipe in section.recipes:
             path = run_dir / "artifacts" / f"{name}.{recipe}.{fmt}"
-            key = ctx.cache.key("export", source=manifest["source_model"]["sha256"], format=fmt, recipe=recipe,
+            key = ctx.cache.key("export", source=source_key, format=fmt, recipe=recipe,
                                 export=content_view(config.export), data=content_view(config.data))
             hit = ctx.lookup("export", key)
             if hit is None and ctx.mode("export") == "cached":
@@ -269,6 +280,13 @@ def _run_stages(
     # Everything above validates inputs and writes nothing; from here on the run directory is written.
     ctx.lock.acquire()
     ctx.lock.sweep_temp_files()  # half-written files of a run that was killed
+    parent = manifest["source_model"]["sha256"]
+    if truncation is not None:
+        with log.stage("save truncated model"):
+            saved = save_truncated(truncation, run_dir / "models" / f"{name}.truncated.keras", parent)
+        saved["path"] = str(Path(saved["path"]).relative_to(run_dir))
+        manifest["models"] = [saved]
+        parent = saved["sha256"]
     export_cached: dict[str, bool] = {}
     scratch = tempfile.TemporaryDirectory(prefix=".quantize-", dir=run_dir)
     with scratch:
@@ -290,7 +308,7 @@ def _run_stages(
             "recipe": recipe,
             "bytes": info["bytes"],
             "sha256": info["sha256"],
-            "parent": manifest["source_model"]["sha256"],
+            "parent": parent,
             "inputs": info["inputs"],
             "outputs": info["outputs"],
             "ops": info["ops"],
@@ -329,7 +347,7 @@ def _run_stages(
                 } | {"outputs": results[path.name]["outputs"]}
             verify_doc = {
                 "schema_version": RESULT_SCHEMA_VERSION,
-                "reference": manifest["source_model"]["path"],
+                "reference": manifest["models"][-1]["path"] if truncation else manifest["source_model"]["path"],
                 "data": sample.source,
                 "samples": len(sample),
                 "notes": sample.notes + ([run_data.record["warning"]] if run_data.record.get("warning") else []),

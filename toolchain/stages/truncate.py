@@ -734,3 +734,70 @@ def _macs_or_none(count: Any, model: Any) -> int | None:
         return count(model)
     except InputError:  # dynamic spatial dimensions: MACs are not defined
         return None
+
+
+# ---- pipeline stage ---------------------------------------------------------------------
+
+
+@dataclass
+class Truncation:
+    """A truncated model made from the pipeline's [truncate] section, before it is saved."""
+
+    model: Any
+    settings: dict[str, Any]  # the [truncate] section, for the manifest
+    key: str  # sha256 of parent model + settings + training data: the cache key of what follows
+    keeps_labels: bool  # False when a cut without a classes head makes the outputs features
+
+
+def truncate_from_config(model: Any, section: Any, *, parent_sha256: str, trust: bool = False) -> Truncation:
+    """Run the [truncate] section (a config.TruncateSection) on the loaded model."""
+    import hashlib
+    import json
+
+    from ..data import load_npz
+    from ..fileio import sha256_file
+    from ..keras_io import input_signature
+
+    train = section.train
+    train_data = data_sha256 = None
+    if train is not None:
+        train_data = load_npz(train.data, input_signature(model), labels_key=train.labels_key)
+        data_sha256 = sha256_file(train.data)
+    result = truncate(
+        model, at=list(section.at) or None, drop=list(section.drop) or None, head=section.head,
+        train_data=train_data, epochs=train.epochs if train else 10, seed=train.seed if train else 0,
+        batch_size=train.batch_size if train else 32, learning_rate=train.learning_rate if train else 1e-2,
+        trust=trust,
+    )
+    settings = section.model_dump(mode="json")
+    digest = hashlib.sha256(json.dumps({"parent": parent_sha256, "settings": settings, "train_data": data_sha256},
+                                       sort_keys=True).encode()).hexdigest()
+    has_classes = bool(section.head) and head_classes(parse_head(section.head)) is not None
+    return Truncation(result, settings, digest, keeps_labels=not section.at or has_classes)
+
+
+def save_truncated(truncation: Truncation, path: Path, parent_sha256: str) -> dict[str, Any]:
+    """Save atomically; the manifest record of the saved model (path as given)."""
+    from ..fileio import atomic_output, sha256_file
+    from ..keras_io import input_signature, output_signature
+    from ..model_stats import count_macs, count_params
+
+    with atomic_output(path, suffix=".keras") as tmp:
+        truncation.model.save(tmp)
+
+    def tensors(infos: list[Any]) -> list[dict[str, Any]]:
+        return [{"name": i.name, "shape": [None, *i.shape], "dtype": i.dtype} for i in infos]
+
+    return {
+        "name": path.name,
+        "path": str(path),
+        "stage": "truncate",
+        "sha256": sha256_file(path),
+        "bytes": path.stat().st_size,
+        "parent": parent_sha256,
+        "settings": truncation.settings,
+        "params": count_params(truncation.model),
+        "macs": _macs_or_none(count_macs, truncation.model),
+        "inputs": tensors(input_signature(truncation.model)),
+        "outputs": tensors(output_signature(truncation.model)),
+    }
