@@ -175,3 +175,19 @@ def test_html_shouts_data_warnings(demo_run):
     docs.manifest["data"] = {"warning": "calibrated on RANDOM data <unsafe>"}
     assert '<p class="warn" id="data-warning">WARNING: calibrated on RANDOM data &lt;unsafe&gt;</p>' in \
         render_html(docs, {})
+
+
+def test_environment_warnings_show_throttling_and_powersave():
+    from toolchain.stages.report import environment_rows
+
+    env = {"cpu_model": "Cortex-A72", "cpu_count": 4, "machine": "aarch64", "governor": "powersave",
+           "temperatures_c": {"cpu": 81.0}, "throttled": {"throttled_since_boot": True}, "backend": "tflite_runtime"}
+    bench = {"results": [
+        {"artifact": "a.tflite", "target": "pi", "threads": 4, "throttled": False, "environment": env},
+        {"artifact": "b.tflite", "target": "pi", "threads": 4, "throttled": True, "environment": env,
+         "throttling": ["throttled during the runs"]},
+    ]}
+    [row] = environment_rows(bench)
+    assert row["temperatures"] == "cpu 81°C"
+    assert row["warnings"] == ["throttled since boot", "'powersave' CPU governor: latency may be inflated",
+                               "THROTTLED (b.tflite): throttled during the runs"]

@@ -165,16 +165,17 @@ def size_rows(manifest: dict[str, Any]) -> list[dict[str, str]]:
 
 def environment_rows(bench: dict[str, Any] | None) -> list[dict[str, Any]]:
     """One row per target x threads, with warnings that explain slow or noisy numbers."""
-    rows, seen = [], set()
+    rows, seen = [], {}
     for r in (bench or {}).get("results", []):
         env = r["environment"]
         key = (r["target"], r["threads"], env.get("backend"))
-        if key in seen:
+        reasons = [f"THROTTLED ({r['artifact']}): {why}" for why in r.get("throttling") or []]
+        if key in seen:  # same environment: only add this benchmark's throttling
+            seen[key]["warnings"] += [w for w in reasons if w not in seen[key]["warnings"]]
             continue
-        seen.add(key)
         flags = env.get("throttled") or {}
-        warnings = []
-        if r.get("throttled"):
+        warnings = list(reasons)
+        if r.get("throttled") and not reasons:
             warnings.append("THROTTLED during the benchmark")
         elif flags.get("throttled_since_boot"):
             warnings.append("throttled since boot")
@@ -191,6 +192,7 @@ def environment_rows(bench: dict[str, Any] | None) -> list[dict[str, Any]]:
                         f"{env.get('backend')} {env.get('backend_version')}",
             "warnings": warnings,
         })
+        seen[key] = rows[-1]
     return rows
 
 
