@@ -254,8 +254,11 @@ def newer_than_214(tmp_path_factory) -> Path:
 
 def test_artifacts_tflite_runtime_214_rejects_are_failures_with_its_message(emulator_cache, newer_than_214, capsys):
     root, gelu = newer_than_214 / "root.int8.tflite", newer_than_214 / "gelu.int16x8.tflite"
-    code, document = _check(capsys, str(root), str(gelu), "--cache-dir", str(emulator_cache))
+    code = main(["emulator", "check", str(root), str(gelu), "--cache-dir", str(emulator_cache), "--json"])
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
     assert code == 5
+    assert "2 artifact(s) fail on the emulated raspberry-pi-4: root.int8.tflite, gelu.int16x8.tflite" in captured.err
     rejected = document["artifacts"]["root.int8.tflite"]
     assert rejected["verdict"] == "fail" and rejected["failure"] == "load_failed" and not rejected["loads"]
     assert "Didn't find op for builtin opcode 'SQRT' version '2'" in rejected["failures"][0]
@@ -267,3 +270,51 @@ def test_artifacts_tflite_runtime_214_rejects_are_failures_with_its_message(emul
     code, document = _check(capsys, str(root), str(gelu), "--runtime", "ai_edge_litert", "--cache-dir",
                             str(emulator_cache))
     assert code == 0, document
+
+
+def test_setup_problems_name_the_fix(tmp_path, monkeypatch):
+    from toolchain.emulator import stack as stack_module
+    from toolchain.errors import InputError, MissingDependencyError, StageError
+
+    with pytest.raises(InputError, match="no emulated board 'raspberry-pi-3'; choose one of raspberry-pi-4"):
+        setup_stack(tmp_path, boards=["raspberry-pi-3"])
+    with pytest.raises(InputError, match="no emulated board"):
+        Stack(tmp_path).require("raspberry-pi-3", "tflite_runtime")
+    with pytest.raises(InputError, match="no emulated runtime 'tensorflow'"):
+        Stack(tmp_path).require("raspberry-pi-4", "tensorflow")
+    with pytest.raises(MissingDependencyError, match="needs a Debian/Ubuntu host with apt-get and dpkg"):
+        stack_module._run(["edge-toolchain-no-such-tool"], "fetching")
+    with pytest.raises(StageError, match=r"listing failed \(exit 2\)"):
+        stack_module._run(["ls", str(tmp_path / "missing")], "listing")
+    with pytest.raises(StageError, match="apt-get download left no .deb for python3.11-minimal"):
+        stack_module._deb(tmp_path, "python3.11-minimal")
+    # a user without root on a machine whose apt has no arm64 lists: the command to run as root
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "dpkg").write_text("#!/bin/sh\nexit 0\n")  # dpkg --print-foreign-architectures: none
+    (bin_dir / "dpkg").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(MissingDependencyError, match=r"run once as root: `dpkg --add-architecture arm64 && apt-get"):
+        setup_stack(tmp_path / "cache")
+
+
+def test_runner_without_an_answer_and_bench_crash(emulator_cache, cnn_artifacts, use_test_cache, tmp_path, capsys):
+    script = tmp_path / "quiet.py"
+    script.write_text("import sys\nsys.stderr.write('no json today\\n')\nsys.exit(3)\n")
+    run = run_emulated(Stack(emulator_cache), "raspberry-pi-4", "tflite_runtime", script, [], timeout=120)
+    assert run.failure() == {"kind": "error", "message": "emulated raspberry-pi-4 (cortex-a72) with tflite_runtime: "
+                             "exited 3 without an answer; stderr tail: no json today"}
+    broken = tmp_path / "broken.tflite"
+    _corrupt_operator_inputs(cnn_artifacts / "cnn.fp32.tflite", broken)
+    assert main(["bench", str(broken), "--target", "raspberry-pi-4-emulated", "--min-runs", "1"]) == 6
+    assert "target 'raspberry-pi-4-emulated': emulated raspberry-pi-4 (cortex-a72) with tflite_runtime: the " \
+           "runtime process was killed by SIGSEGV" in " ".join(capsys.readouterr().err.split())
+
+
+def test_unreadable_inputs_file(cnn_artifacts, emulator_cache, tmp_path, capsys):
+    garbage = tmp_path / "inputs.npz"
+    garbage.write_bytes(b"not a zip file")
+    assert main(["emulator", "check", str(cnn_artifacts / "cnn.fp32.tflite"), "--inputs", str(garbage),
+                 "--cache-dir", str(emulator_cache)]) == 2
+    assert "cannot read it as .npz" in capsys.readouterr().err
