@@ -23,8 +23,8 @@ ONNX_RECIPES = ("fp32", "fp16", "dynamic", "int8")
 # Recipes whose activation ranges come from calibration data.
 CALIBRATED_RECIPES = {"tflite": ("int8", "int8-float-io", "int16x8"), "onnx": ("int8",)}
 # Opset 17 (ONNX 1.12, 2022): onnxruntime implements it from 1.13 on, so wheels of the last
-# three years run it, including those for Python 3.9-3.11 on aarch64 device images; it is the
-# first opset with LayerNormalization as one op. tf2onnx here emits 13-18 (see README "Export").
+# three years run it, including those for Python 3.9-3.11 on aarch64 device images (1.15.0,
+# the oldest cp311 wheel, runs our opset-17 files). tf2onnx here emits 13-18 (README "Export").
 DEFAULT_ONNX_OPSET = 17
 
 
