@@ -7,6 +7,8 @@ not even their mtimes) and into a fresh path (which must not be created).
 from __future__ import annotations
 
 import shutil
+import socket
+import textwrap
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -73,6 +75,25 @@ def empty_image_folder(pipeline: Path) -> None:
     edit(pipeline, 'eval = "digits_eval.npz"', 'eval = "no-images"')
 
 
+def unreachable_ssh_target(pipeline: Path) -> None:
+    with socket.socket() as probe:  # a port on 127.0.0.1 that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    devices = pipeline.parent / "devices"
+    devices.mkdir()
+    (devices / "dead-pi.toml").write_text(textwrap.dedent(f"""
+        name = "dead-pi"
+        [connection]
+        kind = "ssh"
+        host = "127.0.0.1"
+        port = {port}
+        user = "pi"
+        connect_timeout_seconds = 5
+        retries = 0
+    """))
+    edit(pipeline, 'targets = ["local"]', 'targets = ["dead-pi"]\ntargets_dir = "devices"')
+
+
 # case -> (break the inputs, expected exit code, expected text in the error)
 CASES: dict[str, tuple[Callable[[Path], None], int, str]] = {
     "model missing": (lambda p: model_file(p).unlink(), 2, "model file not found"),
@@ -102,6 +123,7 @@ CASES: dict[str, tuple[Callable[[Path], None], int, str]] = {
     "empty data folder": (empty_image_folder, 2, "no .png/.jpg/.jpeg images found"),
     "unknown target": (lambda p: edit(p, 'targets = ["local"]', 'targets = ["locl"]'), 2,
                        "unknown target 'locl' (did you mean 'local'?)"),
+    "unreachable target": (unreachable_ssh_target, 6, "target 'dead-pi': cannot reach pi@127.0.0.1:"),
 }
 
 
