@@ -575,3 +575,14 @@ def test_pipeline_truncate_errors_write_nothing(pipeline_copy, tmp_path, capsys)
                              .replace('head = "flatten,classes:10"\n', ""))
     assert main(["run", str(pipeline_copy), "--out", str(out), "--quiet"]) == 2
     assert "give at least one of 'at', 'drop' or 'head'" in capsys.readouterr().err
+
+
+def test_inlined_sub_model_with_clashing_layer_names_is_refused():
+    import keras
+
+    inputs = keras.Input((4,), name="inner_x")
+    inner = keras.Model(inputs, keras.layers.Dense(4, name="dense")(inputs), name="inner")
+    outer = keras.Sequential([keras.Input((4,)), inner, keras.layers.Dense(2, name="dense")], name="outer")
+    with pytest.raises(InputError, match='cannot build the truncated model: The name "dense" is used 2 times.*'
+                                         "inlined"):
+        truncate(outer, at=["inner/dense", "dense"])

@@ -520,7 +520,13 @@ def truncate(
             f"the cut leaves model input(s) {', '.join(repr(n) for n in unused)} unused (no kept layer "
             "reads them); add a cut point on their branch, or cut the model that takes only the inputs you use"
         )
-    base = keras.Model(_one_or_list(new_inputs), _one_or_list(outputs), name=name or f"{model.name}_truncated")
+    try:
+        base = keras.Model(_one_or_list(new_inputs), _one_or_list(outputs), name=name or f"{model.name}_truncated")
+    except ValueError as e:  # Keras: "The name "x" is used 2 times in the model"
+        raise InputError(
+            f"cannot build the truncated model: {str(e).strip().splitlines()[0][:300]} (a sub-model addressed as "
+            "outer/inner is inlined, so its layer names must differ from the outer model's)"
+        ) from e
     if not head_layers:
         if train_data is not None:
             raise InputError("train_data was given without a head: only a new head is trained")
