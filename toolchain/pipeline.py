@@ -269,7 +269,8 @@ def _run_stages(
         for recipe in section.recipes:
             path = run_dir / "artifacts" / f"{name}.{recipe}.{fmt}"
             key = ctx.cache.key("export", source=source_key, format=fmt, recipe=recipe,
-                                export=content_view(config.export), data=content_view(config.data))
+                                export=content_view(config.export),
+                                data=content_view(config.data) if recipe in CALIBRATED_RECIPES[fmt] else None)
             hit = ctx.lookup("export", key)
             if hit is None and ctx.mode("export") == "cached":
                 raise missing_cached(ctx.only, "export", path.name, run_dir)
