@@ -349,8 +349,14 @@ def write_plot(path: Path, document: dict[str, Any]) -> Path:
             axes.scatter([p["latency_ms"]["p50"]], [p["accuracy"]], s=180, facecolors="none",
                          edgecolors="#2ca02c", linewidths=2, label="recommended", zorder=4)
         budget = document["budget"]
-        if budget["max_latency_ms"] is not None:
-            axes.axvline(budget["max_latency_ms"], color="#2ca02c", linestyle="--", linewidth=1)
+        slowest = max(p["latency_ms"]["p50"] for p in points)
+        limit = budget["max_latency_ms"]
+        if limit is not None and limit <= 1.5 * slowest:
+            axes.axvline(limit, color="#2ca02c", linestyle="--", linewidth=1, label=f"latency budget {limit:g} ms")
+        else:  # a far-away budget line would squash every point against the axis
+            axes.set_xlim(0, slowest * 1.15 or 1.0)
+            if limit is not None:
+                axes.plot([], [], " ", label=f"latency budget {limit:g} ms (off the chart)")
         if budget["min_accuracy"] is not None:
             axes.axhline(budget["min_accuracy"], color="#2ca02c", linestyle="--", linewidth=1)
         axes.set_xlabel(f"fp32 TFLite p50 latency (ms) on {document['target']}")
