@@ -61,7 +61,13 @@ ssh $ssh_opts "$host" "mkdir -p '$remote_dir' && cat > '$remote_dir/.$model.part
 # shellcheck disable=SC2086
 ssh $ssh_opts "$host" "cat > '$remote_dir/manifest.json'" < "$dir/manifest.json" || exit 3
 # shellcheck disable=SC2086
-ssh $ssh_opts "$host" "cd '$remote_dir' && echo '$model_sha  .$model.part' | sha256sum --check --quiet \
-    && mv -f '.$model.part' '$model'" || {
-    echo "flash.sh: $model arrived damaged on $host (sha256 mismatch)" >&2; exit 3; }
+remote_sha=$(ssh $ssh_opts "$host" "sha256sum '$remote_dir/.$model.part'" | cut -d' ' -f1) || exit 3
+if [ "$remote_sha" != "$model_sha" ]; then
+    # shellcheck disable=SC2086
+    ssh $ssh_opts "$host" "rm -f '$remote_dir/.$model.part'" || true
+    echo "flash.sh: $model arrived damaged on $host (sha256 $remote_sha)" >&2
+    exit 3
+fi
+# shellcheck disable=SC2086
+ssh $ssh_opts "$host" "mv -f '$remote_dir/.$model.part' '$remote_dir/$model'" || exit 3
 echo "flashed $model sha256 $model_sha"
