@@ -205,3 +205,11 @@ def test_runner_setup_problems_are_target_errors(cnn_artifact, small_cnn, device
                                runtime={"tflite_backend": "ai_edge_litert"})
     with pytest.raises(TargetError, match="target 'nobackend': no inference backend"):
         check_compat(cnn_artifact, no_backend, data, {})
+
+
+def test_fewer_samples_than_the_batch_are_repeated(small_cnn, device_profile, tmp_path):
+    path = export_tflite(small_cnn, tmp_path / "b4.tflite", batch_size=4)
+    data = inputs_for(small_cnn, count=2)
+    record = check_compat(path, load_profile(device_profile), data, run_artifact(path, data))
+    assert record["verdict"] == "pass", record
+    assert record["samples"] == 4

@@ -56,7 +56,9 @@ def check_compat(
     info = describe(artifact)
     batch = (info["inputs"][0]["shape"][0] or 1) if info["inputs"] else 1
     count = max(batch, min(SAMPLES, len(next(iter(inputs.values())))) // batch * batch)
-    inputs = to_artifact_layout({k: v[:count] for k, v in inputs.items()}, info.get("metadata", {}))
+    # whole batches only; fewer samples than one batch are repeated (outputs likewise)
+    inputs = to_artifact_layout(_take(inputs, count), info.get("metadata", {}))
+    host_outputs = _take(host_outputs, count)
     request: dict[str, Any] = {"model": str(artifact), "mode": "infer"}
     if artifact.suffix == ".tflite" and profile.runtime.tflite_backend != "auto":
         request["backend"] = profile.runtime.tflite_backend
@@ -84,7 +86,7 @@ def check_compat(
                              "failures": [reason], "summary": summary}
         with np.load(request["outputs"]) as loaded:
             device = {k: loaded[k] for k in loaded.files}
-    failures, max_error = _compare(device, {k: v[:count] for k, v in host_outputs.items()},
+    failures, max_error = _compare(device, host_outputs,
                                    {o["name"]: o for o in answer["io"]["outputs"]})
     verdict = "fail" if failures else "pass"
     summary = f"loads on {runtime}: yes" + (
@@ -102,6 +104,10 @@ def raise_on_incompatible(artifact_name: str, results: dict[str, dict[str, Any]]
             + " | ".join(f"{target}: {r['summary']}" for target, r in failed.items())
             + "; export with another recipe, or upgrade the runtime on the device"
         )
+
+
+def _take(arrays: dict[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
+    return {k: np.resize(v, (count, *v.shape[1:])) for k, v in arrays.items()}
 
 
 def _run_runner(python: str, request: dict[str, Any], target: str, timeout: float) -> dict[str, Any]:
