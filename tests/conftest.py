@@ -126,6 +126,17 @@ def mobilenet_v2_96():
 
 
 @pytest.fixture(scope="session")
+def mobilenet_v2_small():
+    """MobileNetV2 alpha 0.35, random weights (seeded), 96x96 input, 10 classes: the same
+    layer kinds as the full model at a fraction of the conversion time (quantization tests
+    convert it ten times)."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    return keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3), alpha=0.35, classes=10)
+
+
+@pytest.fixture(scope="session")
 def resnet50_64():
     """keras.applications.ResNet50, random weights (seeded), 64x64 input, with its top."""
     import keras

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from toolchain.cli import main
+from toolchain.config import ONNX_RECIPES, TFLITE_RECIPES
 from toolchain.fileio import sha256_file
 from toolchain.manifest import load_schema, validate_manifest
 
@@ -15,7 +16,9 @@ def test_demo_run_directory(demo_run):
     manifest = json.loads((demo_run / "manifest.json").read_text())
     validate_manifest(manifest)
     assert manifest["status"] == "complete"
-    assert [a["name"] for a in manifest["artifacts"]] == ["digits.fp32.tflite", "digits.fp32.onnx"]
+    assert [a["name"] for a in manifest["artifacts"]] == [
+        *(f"digits.{r}.tflite" for r in TFLITE_RECIPES), *(f"digits.{r}.onnx" for r in ONNX_RECIPES)
+    ]
     for artifact in manifest["artifacts"]:
         path = demo_run / artifact["path"]
         assert sha256_file(path) == artifact["sha256"]
@@ -29,7 +32,7 @@ def test_demo_run_directory(demo_run):
     verify = json.loads((demo_run / "verify.json").read_text())
     assert verify["samples"] == 500
     bench = json.loads((demo_run / "bench.json").read_text())
-    assert len(bench["results"]) == 2
+    assert len(bench["results"]) == len(TFLITE_RECIPES) + len(ONNX_RECIPES)
     result = bench["results"][0]
     stats = result["latency_ms"]
     assert stats["count"] >= 200

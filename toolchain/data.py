@@ -1,8 +1,18 @@
-"""Evaluation data: arrays keyed by model input name, checked against the model."""
+"""Calibration and evaluation data: arrays keyed by model input name, checked against the model.
+
+Sources: an .npy/.npz file, a folder of PNG/JPEG images with a preprocessing spec, or a
+Python callable `module:function` that yields batches. Calibration and evaluation sets
+never overlap; random calibration data is refused unless explicitly allowed.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import re
+import sys
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +36,14 @@ class Dataset:
         return Dataset(
             {k: v[:count] for k, v in self.inputs.items()},
             None if self.labels is None else self.labels[:count],
+            self.source,
+            list(self.notes),
+        )
+
+    def take(self, indices: np.ndarray) -> Dataset:
+        return Dataset(
+            {k: v[indices] for k, v in self.inputs.items()},
+            None if self.labels is None else self.labels[indices],
             self.source,
             list(self.notes),
         )
@@ -120,3 +138,368 @@ def check_array(array: np.ndarray, spec: Any, what: str) -> np.ndarray:
     if want_dtype.kind in "iu" and array.dtype.kind == "f":
         raise DataError(f"{what}: float data for integer input '{spec.name}' ({want_dtype})")
     return array.astype(want_dtype, copy=False)
+
+
+# ---- sources ----------------------------------------------------------------
+
+CALLABLE_SOURCE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+@dataclass
+class Preprocess:
+    """Image folder -> array: resize to `size` (H, W), colour mode, then (x * scale - mean) / std."""
+
+    size: tuple[int, int] | None = None
+    color: str = "rgb"
+    scale: float = 1 / 255
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+
+def load_source(
+    source: str,
+    input_specs: list[Any],
+    *,
+    labels_key: str | None = "y",
+    preprocess: Preprocess | None = None,
+    limit: int | None = None,
+) -> Dataset:
+    """Load any supported source: 'module:function', an image folder, or an .npy/.npz file."""
+    if CALLABLE_SOURCE.fullmatch(source) and not Path(source).exists():
+        return load_callable(source, input_specs, limit=limit)
+    path = Path(source)
+    if path.is_dir():
+        return load_image_folder(path, input_specs, preprocess or Preprocess(), limit=limit)
+    return load_npz(path, input_specs, labels_key=labels_key, limit=limit)
+
+
+def load_image_folder(
+    folder: Path, input_specs: list[Any], preprocess: Preprocess, *, limit: int | None = None
+) -> Dataset:
+    """PNG/JPEG files; one sub-folder per class gives labels (class ids in sorted name order)."""
+    if len(input_specs) != 1:
+        raise DataError(
+            f"{folder}: an image folder feeds one input but the model has {len(input_specs)}; "
+            "use an .npz keyed by input name or a module:function source"
+        )
+    spec = input_specs[0]
+    if len(spec.shape) != 3:
+        raise DataError(
+            f"{folder}: input '{spec.name}' has shape {spec.shape}, not (height, width, channels); "
+            "an image folder cannot feed it"
+        )
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if classes:
+        files = [(f, i) for i, c in enumerate(classes) for f in sorted((folder / c).iterdir())
+                 if f.suffix.lower() in IMAGE_SUFFIXES]
+    else:
+        files = [(f, -1) for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise DataError(f"{folder}: no .png/.jpg/.jpeg images found (directly or in class sub-folders)")
+    if limit is not None and len(files) > limit:
+        # take evenly across the sorted list so every class is represented
+        picks = np.linspace(0, len(files) - 1, limit).round().astype(int)
+        files = [files[i] for i in picks]
+    height, width, channels = spec.shape
+    size = preprocess.size or (height, width)
+    if None in size:
+        raise DataError(f"{folder}: input '{spec.name}' has no fixed size; set [data.preprocess] size")
+    want_channels = 1 if preprocess.color == "grayscale" else 3
+    if channels is not None and channels != want_channels:
+        raise DataError(
+            f"{folder}: color = '{preprocess.color}' gives {want_channels} channel(s) but input "
+            f"'{spec.name}' takes {channels}; set [data.preprocess] color"
+        )
+    from PIL import Image, UnidentifiedImageError
+
+    mean = np.asarray(preprocess.mean, np.float32)
+    std = np.asarray(preprocess.std, np.float32)
+    for name, values in (("mean", mean), ("std", std)):
+        if values.size not in (1, want_channels):
+            raise DataError(f"[data.preprocess] {name} needs 1 or {want_channels} values, got {values.size}")
+    images = []
+    for file, _ in files:
+        try:
+            with Image.open(file) as image:
+                image = image.convert("L" if want_channels == 1 else "RGB")
+                image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+                array = np.asarray(image, np.float32)
+        except (UnidentifiedImageError, OSError) as e:
+            raise DataError(f"{file}: not a readable image ({e})") from e
+        if array.ndim == 2:
+            array = array[..., None]
+        images.append((array * preprocess.scale - mean) / std)
+    array = check_array(np.stack(images), spec, str(folder))
+    labels = np.asarray([label for _, label in files], np.int64) if classes else None
+    notes = [f"classes (label ids in order): {', '.join(classes)}"] if classes else []
+    return Dataset({spec.name: array}, labels, str(folder), notes)
+
+
+def load_callable(source: str, input_specs: list[Any], *, limit: int | None = None) -> Dataset:
+    """`module:function` returning an iterable of batches.
+
+    A batch is a dict {input name: array}, a bare array (single-input models), or a tuple
+    (inputs, labels). Batches are read until `limit` samples are collected.
+    """
+    module_name, func_name = source.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise DataError(
+            f"data source '{source}': cannot import module '{module_name}' ({e}); "
+            "put its folder on PYTHONPATH"
+        ) from e
+    function = getattr(module, func_name, None)
+    if not callable(function):
+        raise DataError(f"data source '{source}': module '{module_name}' has no function '{func_name}'")
+    try:
+        batches = function()
+    except Exception as e:
+        raise DataError(f"data source '{source}' raised {type(e).__name__}: {e}") from e
+    if not isinstance(batches, Iterable) or isinstance(batches, (dict, np.ndarray)):
+        raise DataError(
+            f"data source '{source}' must return or yield batches (an iterable), got {type(batches).__name__}"
+        )
+    names = [spec.name for spec in input_specs]
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    label_parts: list[np.ndarray] = []
+    count = 0
+    for number, batch in enumerate(batches):
+        labels = None
+        if isinstance(batch, tuple) and len(batch) == 2:
+            batch, labels = batch
+        if isinstance(batch, np.ndarray) and len(names) == 1:
+            batch = {names[0]: batch}
+        if not isinstance(batch, dict):
+            raise DataError(
+                f"data source '{source}': batch {number} is a {type(batch).__name__}; yield a dict "
+                f"keyed by input name ({', '.join(names)})"
+            )
+        missing = [n for n in names if n not in batch]
+        if missing:
+            raise DataError(
+                f"data source '{source}': batch {number} has no array for input(s) {', '.join(missing)} "
+                f"(it has {', '.join(map(str, batch)) or 'none'})"
+            )
+        for spec in input_specs:
+            parts[spec.name].append(check_array(batch[spec.name], spec, f"{source} batch {number}"))
+        if labels is not None:
+            label_parts.append(np.asarray(labels).reshape(-1))
+        count += len(parts[names[0]][-1])
+        if limit is not None and count >= limit:
+            break
+    if count == 0:
+        raise DataError(f"data source '{source}' yielded no samples")
+    inputs = {n: np.concatenate(p) for n, p in parts.items()}
+    labels = None
+    if label_parts:
+        if len(label_parts) != len(parts[names[0]]):
+            raise DataError(f"data source '{source}': some batches carry labels and some do not")
+        labels = np.concatenate(label_parts)
+    dataset = Dataset(inputs, labels, source)
+    return dataset.head(limit) if limit is not None else dataset
+
+
+# ---- checks -----------------------------------------------------------------
+
+def check_value_range(dataset: Dataset, value_range: tuple[float, float], role: str) -> None:
+    """Every float input lies inside the range the model was trained on."""
+    low, high = value_range
+    for name, array in dataset.inputs.items():
+        if array.dtype.kind != "f" or array.size == 0:
+            continue
+        got_low, got_high = float(array.min()), float(array.max())
+        slack = 1e-6 * max(1.0, abs(high - low))
+        if got_low < low - slack or got_high > high + slack:
+            raise DataError(
+                f"{role} data {dataset.source}['{name}'] spans [{got_low:g}, {got_high:g}], outside "
+                f"value_range [{low:g}, {high:g}]; check its preprocessing (scale/mean/std)"
+            )
+
+
+def check_same_preprocessing(calibration: Dataset, evaluation: Dataset) -> None:
+    """Calibration data scaled differently from evaluation data gives wrong int8 ranges."""
+    for name, cal in calibration.inputs.items():
+        ev = evaluation.inputs.get(name)
+        if ev is None or cal.dtype.kind != "f" or ev.dtype.kind != "f":
+            continue
+        cal_low, cal_high = float(cal.min()), float(cal.max())
+        ev_low, ev_high = float(ev.min()), float(ev.max())
+        cal_width, ev_width = cal_high - cal_low, ev_high - ev_low
+        disjoint = cal_high < ev_low or ev_high < cal_low
+        ratio = max(cal_width, ev_width) / max(min(cal_width, ev_width), 1e-12)
+        if disjoint or ratio > 4:
+            raise DataError(
+                f"input '{name}': calibration data spans [{cal_low:g}, {cal_high:g}] but evaluation "
+                f"data spans [{ev_low:g}, {ev_high:g}]; the two sets are preprocessed differently"
+            )
+
+
+def sample_digests(dataset: Dataset) -> list[str]:
+    """One hash per sample over all its inputs: finds shared samples between two sets."""
+    names = sorted(dataset.inputs)
+    digests = []
+    for i in range(len(dataset)):
+        h = hashlib.sha1()
+        for name in names:
+            h.update(np.ascontiguousarray(dataset.inputs[name][i]).tobytes())
+        digests.append(h.hexdigest())
+    return digests
+
+
+def check_disjoint(calibration: Dataset, evaluation: Dataset) -> None:
+    shared = set(sample_digests(calibration)) & set(sample_digests(evaluation))
+    if shared:
+        raise DataError(
+            f"calibration data ({calibration.source}) and evaluation data ({evaluation.source}) share "
+            f"{len(shared)} sample(s); accuracy measured on calibration samples is optimistic. Use "
+            "disjoint sets, or set [data.calibration] source = \"eval\" to split one source"
+        )
+
+
+def split_shared(dataset: Dataset, fraction: float, seed: int,
+                 calibration_limit: int, eval_limit: int) -> tuple[Dataset, Dataset, dict[str, Any]]:
+    """A deterministic calibration/evaluation split of one source, and its record."""
+    if len(dataset) < 2:
+        raise DataError(f"{dataset.source}: {len(dataset)} sample(s) cannot be split into calibration and eval")
+    order = np.random.default_rng(seed).permutation(len(dataset))
+    cut = min(max(1, int(round(len(dataset) * fraction))), len(dataset) - 1)
+    cal_idx = np.sort(order[:cut])[:calibration_limit]
+    eval_idx = np.sort(order[cut:])[:eval_limit]
+    calibration, evaluation = dataset.take(cal_idx), dataset.take(eval_idx)
+    record = {
+        "source": dataset.source,
+        "method": "numpy.random.default_rng(seed).permutation; first `fraction` calibrates",
+        "seed": seed,
+        "fraction": fraction,
+        "samples_in_source": len(dataset),
+        "calibration_count": len(calibration),
+        "eval_count": len(evaluation),
+        "calibration_indices_sha256": hashlib.sha256(cal_idx.astype(np.int64).tobytes()).hexdigest(),
+    }
+    return calibration, evaluation, record
+
+
+def random_calibration(input_specs: list[Any], count: int, value_range: tuple[float, float] | None,
+                       seed: int = 0) -> Dataset:
+    low, high = value_range or (0.0, 1.0)
+    rng = np.random.default_rng(seed)
+    inputs = {
+        spec.name: rng.uniform(low, high, size=(count, *[d or 1 for d in spec.shape])).astype(spec.dtype)
+        for spec in input_specs
+    }
+    return Dataset(inputs, None, "random", [RANDOM_WARNING])
+
+
+RANDOM_WARNING = (
+    "RANDOM CALIBRATION DATA (allow_random = true): quantization ranges come from uniform noise, "
+    "not real inputs; quantized artifacts' accuracy is not representative"
+)
+
+
+# ---- the calibration/evaluation pair a run uses -----------------------------
+
+@dataclass
+class RunData:
+    calibration: Dataset | None
+    evaluation: Dataset | None
+    record: dict[str, Any]
+
+
+def prepare_run_data(data_config: Any, input_specs: list[Any], *, needs_calibration: bool) -> RunData:
+    """Load, check and (if they share a source) split calibration and evaluation data.
+
+    `data_config` is config.DataSection. Every check runs before any conversion.
+    """
+    cal_config = data_config.calibration
+    preprocess = Preprocess(
+        tuple(data_config.preprocess.size) if data_config.preprocess.size else None,
+        data_config.preprocess.color, data_config.preprocess.scale,
+        tuple(data_config.preprocess.mean), tuple(data_config.preprocess.std),
+    )
+    value_range = tuple(data_config.value_range) if data_config.value_range else None
+    if value_range and value_range[0] >= value_range[1]:
+        raise DataError(f"[data] value_range {list(value_range)}: the low end must be below the high end")
+
+    def load(source: str, limit: int | None) -> Dataset:
+        return load_source(source, input_specs, labels_key=data_config.labels_key,
+                           preprocess=preprocess, limit=limit)
+
+    record: dict[str, Any] = {"calibration": None, "evaluation": None, "split": None}
+    evaluation = load(data_config.eval, data_config.samples) if data_config.eval else None
+    calibration = None
+    if cal_config.source == "eval":
+        if data_config.eval is None:
+            raise DataError("[data.calibration] source = \"eval\" needs [data] eval to be set")
+        whole = load(data_config.eval, None)
+        calibration, evaluation, record["split"] = split_shared(
+            whole, cal_config.fraction, cal_config.seed, cal_config.samples, data_config.samples)
+    elif cal_config.source is not None:
+        if data_config.eval is not None and Path(cal_config.source) == Path(data_config.eval):
+            raise DataError(
+                f"[data.calibration] source is the eval source {data_config.eval}; set source = \"eval\" "
+                "to split it deterministically into disjoint calibration and evaluation sets"
+            )
+        calibration = load(cal_config.source, cal_config.samples)
+    elif needs_calibration:
+        if not cal_config.allow_random:
+            raise DataError(
+                "quantized recipes need calibration data: set [data.calibration] source (an .npz, an "
+                "image folder, module:function, or \"eval\"); random data gives meaningless int8 "
+                "ranges and is refused unless allow_random = true"
+            )
+        calibration = random_calibration(input_specs, cal_config.samples, value_range, cal_config.seed)
+        print(f"WARNING: {RANDOM_WARNING}", file=sys.stderr)
+
+    for role, dataset in (("calibration", calibration), ("evaluation", evaluation)):
+        if dataset is not None and value_range and dataset.source != "random":
+            check_value_range(dataset, value_range, role)
+    if calibration is not None and evaluation is not None and calibration.source != "random":
+        check_same_preprocessing(calibration, evaluation)
+        check_disjoint(calibration, evaluation)
+    for role, dataset in (("calibration", calibration), ("evaluation", evaluation)):
+        if dataset is not None:
+            record[role] = {
+                "source": dataset.source,
+                "samples": len(dataset),
+                "labelled": dataset.labels is not None,
+                "random": dataset.source == "random",
+                "range": {n: [float(a.min()), float(a.max())] for n, a in dataset.inputs.items()
+                          if a.size},
+            }
+    if calibration is not None and calibration.source == "random":
+        record["warning"] = RANDOM_WARNING
+    return RunData(calibration, evaluation, record)
+
+
+# ---- calibration reader (onnxruntime's CalibrationDataReader protocol) --------
+
+class CalibrationReader:
+    """`get_next() -> {input name: batch} | None`, plus `rewind()`; batches of `batch_size`."""
+
+    def __init__(self, dataset: Dataset, batch_size: int = 1):
+        self.dataset = dataset
+        self.batch_size = max(1, batch_size)
+        self._position = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._position >= len(self.dataset):
+            return None
+        start, stop = self._position, self._position + self.batch_size
+        self._position = stop
+        batch = {}
+        for name, array in self.dataset.inputs.items():
+            chunk = array[start:stop]
+            if len(chunk) < self.batch_size:  # fixed-batch models: repeat the last sample
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - len(chunk), axis=0)])
+            batch[name] = chunk
+        return batch
+
+    def rewind(self) -> None:
+        self._position = 0
+
+    def __iter__(self):
+        self.rewind()
+        while (batch := self.get_next()) is not None:
+            yield batch

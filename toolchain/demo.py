@@ -21,16 +21,23 @@ name = "digits"
 eval = "digits_eval.npz"
 labels_key = "y"
 samples = 500
+value_range = [0.0, 1.0]
+
+[data.calibration]
+source = "digits_train.npz"
+samples = 200
 
 [export]
 formats = ["tflite", "onnx"]
 batch_size = 1
 
 [export.tflite]
-recipes = ["fp32"]
+recipes = ["fp32", "fp16", "dynamic", "int8", "int8-float-io", "int16x8"]
 
 [export.onnx]
-recipes = ["fp32"]
+recipes = ["fp32", "fp16", "dynamic", "int8"]
+per_channel = true
+calibration_method = "minmax"
 
 [verify]
 samples = 500

@@ -235,6 +235,21 @@ def estimate_lines(estimates: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _calibration_lines(manifest: dict[str, Any]) -> list[str]:
+    """Where quantization ranges came from; random calibration data is shouted."""
+    data = manifest.get("data") or {}
+    calibration = data.get("calibration")
+    lines = []
+    if data.get("warning"):
+        lines += ["", f"> **WARNING: {data['warning']}**"]
+    if calibration:
+        split = data.get("split")
+        lines.append(f"- Calibration data: `{calibration['source']}`, {calibration['samples']} samples"
+                     + (f" (seeded split {split['seed']} of one source, disjoint from evaluation)"
+                        if split else ""))
+    return lines
+
+
 def render_markdown(
     manifest: dict[str, Any],
     bench: dict[str, Any] | None,
@@ -251,6 +266,7 @@ def render_markdown(
         f"{source['bytes'] / 1024:.1f} KB)",
         "- Tools: " + ", ".join(f"{k} {v}" for k, v in manifest["tool_versions"].items() if v),
         "- The same report with charts: [report.html](report.html) (self-contained, opens offline)",
+        *_calibration_lines(manifest),
         "",
         "## Summary",
         "",
