@@ -27,11 +27,14 @@ GATE_SCHEMA_VERSION = "1.0"
 # Emulated aarch64 runtime vs the host's x86 runtime, per recipe.
 # fp32: both run XNNPACK, with other vector widths and fused kernels: float sums reorder,
 # measured differences are ~1e-7 of the output scale; 1e-4 keeps the headroom verify uses.
-# Quantized: the x86 and aarch64 int8 kernels round requantization differently, several
-# LSB apart (up to ~0.01 of a softmax output measured); 0.05 of the output scale and a
-# cosine of 0.99 pass that while a wrong scale, zero point or op still fails.
 FLOAT_TOLERANCE = Tolerance(max_abs_error=1e-4, min_cosine=0.9999, min_top1_agreement=0.99)
-QUANTIZED_TOLERANCE = Tolerance(max_abs_error=0.05, min_cosine=0.99, min_top1_agreement=0.9)
+# Quantized: the x86 and aarch64 int8 kernels round requantization differently. Measured on
+# the demo's int8 digits CNN, tflite-runtime 2.14 aarch64 vs the host: 199 of 200 samples
+# identical, one near-tie 16 LSB apart (0.0625 of a softmax output, cosine 0.9906) whose
+# top-1 flips, so 1 of 8 gate samples may flip. A wrong scale, zero point or kernel gives
+# cosines far below 0.9; 0.1 of the output scale, cosine 0.97 and 75% agreement pass the
+# rounding and still catch those.
+QUANTIZED_TOLERANCE = Tolerance(max_abs_error=0.1, min_cosine=0.97, min_top1_agreement=0.75)
 GATE_TOLERANCES: dict[str, Tolerance] = {
     "fp32": FLOAT_TOLERANCE,
     "fp16": Tolerance(max_abs_error=1e-3, min_cosine=0.9999, min_top1_agreement=0.99),
