@@ -157,3 +157,17 @@ def test_sweep_file_data_errors(demo_inputs, tmp_path):
     with pytest.raises(InputError, match="labels under 'y' are in only one of"):
         sweep_file(model, demo_inputs / "digits_train.npz", tmp_path / "out", eval_data=unlabelled)
     assert not (tmp_path / "out").exists()
+
+
+def test_sweep_of_a_feature_extractor_trains_a_head_on_the_full_model_too(residual_digits, digits_data, tmp_path):
+    import keras
+
+    train, evaluation = digits_data
+    features = keras.Model(residual_digits.inputs[0], residual_digits.get_layer("res_add").output, name="features")
+    document = run_sweep(features, train.head(600), evaluation.head(200), tmp_path, points=["stem"], epochs=3,
+                         bench_overrides=QUICK_BENCH)
+    full, stem = document["points"]
+    assert full["at"] is None and full["head"] == "gap,classes:10" and stem["head"] == "gap,classes:10"
+    assert full["accuracy"] > 0.5  # a linear head on the trained residual features
+    assert document["drops"] == [] and "residual blocks were not priced" in document["notes"][0]
+    assert "Note: residual blocks were not priced" in (tmp_path / "sweep.md").read_text()

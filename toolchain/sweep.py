@@ -168,7 +168,8 @@ def run_sweep(
     out_dir = Path(out_dir)
     note = progress or (lambda message: None)
     use_labels = train.labels is not None and evaluation.labels is not None
-    if len(model.outputs) != 1 or len(model.outputs[0].shape) != 2:
+    is_classifier = len(model.outputs) == 1 and len(model.outputs[0].shape) == 2
+    if not is_classifier:
         if not use_labels:
             raise InputError(
                 "without labels the sweep scores agreement with the model's own top-1, so the model needs one "
@@ -187,6 +188,11 @@ def run_sweep(
     if not cut_points:
         raise InputError(f"model '{model.name}' has no block boundaries to cut at; give cut points with --at")
     candidates: list[tuple[str | None, Any, str | None]] = [(None, model, None)]
+    if not is_classifier:  # a feature extractor: the full model gets a trained head like every cut
+        spec = head or default_head(len(model.outputs[0].shape), classes)
+        note("full model: training the head")
+        candidates[0] = (None, truncate(model, head=spec, train_data=train_set, epochs=epochs, seed=seed,
+                                        trust=trust), spec)
     for point in cut_points:
         note(f"cut at {point}: training the head")
         base = truncate(model, at=point, trust=trust)
@@ -227,7 +233,7 @@ def run_sweep(
 
     full = records[0]
     drop_records = []
-    if drops:
+    if drops and is_classifier:  # the original head scores each drop; a feature extractor has none
         for block in droppable_blocks(model):
             note(f"drop {block}")
             dropped = truncate(model, drop=block, trust=trust)
@@ -239,6 +245,9 @@ def run_sweep(
                 "accuracy_cost": full["accuracy"] - accuracy,
             })
 
+    notes = []
+    if drops and not is_classifier and droppable_blocks(model):
+        notes.append("residual blocks were not priced: the model has no (N, classes) output to score a drop with")
     chosen = recommend(records, budget)
     environment = results[0]["environment"] if results else {}
     document = {
@@ -258,6 +267,7 @@ def run_sweep(
         "recommended": None if chosen is None else {"at": chosen["at"], "kind": chosen["kind"]},
         "points": records,
         "drops": drop_records,
+        "notes": notes,
         "files": {"table": "sweep.md", "plot": "sweep.png"},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -315,6 +325,7 @@ def markdown(document: dict[str, Any]) -> str:
         given = _budget_text(Budget(**budget))
         lines += ["", f"Budget: {given}. Recommended: "
                   + (f"**{_label(chosen)}**." if chosen else "none: no point meets it.")]
+    lines += [f"\nNote: {n}" for n in document["notes"]]
     if document["drops"]:
         lines += ["", "## Dropping one residual block (original head kept)", "",
                   f"| Block | Params | MACs saved | {metric.capitalize()} | Cost |", "|---|---|---|---|---|"]
