@@ -464,6 +464,8 @@ def test_truncate_is_exported_lazily():
 
 
 def test_cli_truncate_writes_a_loadable_model(demo_inputs, digits, tmp_path, capsys):
+    import json
+
     from toolchain.cli import main
     from toolchain.keras_io import load_model
 
@@ -480,8 +482,11 @@ def test_cli_truncate_writes_a_loadable_model(demo_inputs, digits, tmp_path, cap
     np.testing.assert_allclose(_predict(truncate(loaded, at="pool"), x),
                                _predict(_intermediate(model, "pool"), x), atol=EXACT)
 
-    code = main(["truncate", str(demo_inputs / "digits_cnn.keras"), "-o", str(tmp_path / "b.keras"), "--at=-3"])
-    assert code == 0 and "output fc: [None, 64]" in capsys.readouterr().out
+    code = main(["truncate", str(demo_inputs / "digits_cnn.keras"), "-o", str(tmp_path / "b.keras"), "--at=-3",
+                 "--json"])
+    info = json.loads(capsys.readouterr().out)
+    assert code == 0 and info["outputs"] == [{"name": "fc", "shape": [None, 64], "dtype": "float32"}]
+    assert info["macs"] == {"before": 337536, "after": 337536 - 64 * 10} and not info["head_trained"]
 
 
 def test_cli_truncate_errors_leave_no_output(demo_inputs, tmp_path, capsys):
