@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -38,6 +39,14 @@ def assert_artifacts_match(run_dir: Path, manifest: dict) -> None:
         assert sha256_file(run_dir / artifact["path"]) == artifact["sha256"], artifact["name"]
     leftovers = [p for p in run_dir.rglob(".*") if p.name.endswith(".tmp") or p.name.startswith(".quantize-")]
     assert not leftovers, f"half-written files left behind: {leftovers}"
+
+
+def quick_pipeline(pipeline: Path) -> Path:
+    """fp32 only and a short benchmark: enough for tests of the run machinery."""
+    text = re.sub(r"recipes = \[.*\]", 'recipes = ["fp32"]', pipeline.read_text())
+    text = text.replace("min_runs = 200", "min_runs = 20").replace("min_seconds = 1.0", "min_seconds = 0.1")
+    pipeline.write_text(text)
+    return pipeline
 
 
 def wait_for(condition, seconds: float, what: str, process: subprocess.Popen | None = None) -> None:
@@ -106,7 +115,8 @@ def test_second_identical_run_converts_nothing(demo_inputs, run_copy):
 
 
 def test_changed_bench_setting_reruns_only_the_benchmark(pipeline_copy, run_copy):
-    text = pipeline_copy.read_text().replace("min_runs = 200", "min_runs = 20")
+    text = pipeline_copy.read_text().replace("min_runs = 200", "min_runs = 20").replace("min_seconds = 1.0",
+                                                                                      "min_seconds = 0.1")
     pipeline_copy.write_text(text)
     code = main(["run", str(pipeline_copy), "--out", str(run_copy), "--quiet"])
     assert code == 0
@@ -158,10 +168,11 @@ def test_log_json_prints_one_object_per_stage_event(demo_inputs, run_copy, capsy
 # ---- resume after SIGKILL ---------------------------------------------------------
 
 @pytest.mark.heavy
-def test_run_killed_during_export_resumes_to_completion(demo_inputs, tmp_path):
+def test_run_killed_during_export_resumes_to_completion(pipeline_copy, tmp_path):
+    pipeline = quick_pipeline(pipeline_copy)
     out = tmp_path / "run"
     records = out / ".cache" / "export"
-    process = subprocess.Popen([*CLI, "run", str(demo_inputs / "pipeline.toml"), "--out", str(out), "--quiet"],
+    process = subprocess.Popen([*CLI, "run", str(pipeline), "--out", str(out), "--quiet"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: records.is_dir() and any(records.glob("*.json")), 600, "the first export", process)
@@ -174,7 +185,7 @@ def test_run_killed_during_export_resumes_to_completion(demo_inputs, tmp_path):
     assert not (out / "manifest.json").exists()
     finished = len(list(records.glob("*.json")))
 
-    code = main(["run", str(demo_inputs / "pipeline.toml"), "--out", str(out), "--quiet"])
+    code = main(["run", str(pipeline), "--out", str(out), "--quiet"])
     assert code == 0
     manifest = manifest_of(out)
     assert manifest["status"] == "complete"
@@ -238,7 +249,8 @@ def test_lock_sweeps_half_written_files_of_a_killed_run(tmp_path):
 @pytest.mark.heavy
 def test_concurrent_run_on_the_same_directory_fails_with_the_lock_message(pipeline_copy, tmp_path):
     # a slow benchmark keeps the first run holding the lock
-    text = pipeline_copy.read_text().replace("min_seconds = 1.0", "min_seconds = 60.0\nmax_seconds = 60.0")
+    quick_pipeline(pipeline_copy)
+    text = pipeline_copy.read_text().replace("min_seconds = 0.1", "min_seconds = 60.0\nmax_seconds = 60.0")
     pipeline_copy.write_text(text)
     out = tmp_path / "run"
     first = subprocess.Popen([*CLI, "run", str(pipeline_copy), "--out", str(out), "--quiet"],
