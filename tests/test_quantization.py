@@ -340,7 +340,9 @@ enabled = false
         (metrics,) = record["verify"]["outputs"].values()
         assert "accuracy" not in metrics and metrics["top1_agreement"] >= 0.9
     int8 = records["mnv2.int8.tflite"]
-    assert int8["bytes"] < 0.35 * records["mnv2.fp32.tflite"]["bytes"]
+    # int8 weights are 1/4 of float32; per-channel scales, int32 biases and the graph keep a
+    # thin model (alpha 0.35) at ~38% of fp32
+    assert int8["bytes"] < 0.45 * records["mnv2.fp32.tflite"]["bytes"]
     assert int8["inputs"][0]["dtype"] == "int8"
 
     # int16x8 on random weights: dead ReLU6 channels can give a depthwise conv a range the
