@@ -233,6 +233,31 @@ def test_lock_names_the_holder_and_a_dead_holder_is_recovered(tmp_path):
     assert (run_dir / ".lock").read_text() == ""
 
 
+def test_run_directory_that_cannot_be_created_is_bad_input(demo_inputs, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code = main(["run", str(demo_inputs / "pipeline.toml"), "--out", str(blocker / "run"), "--quiet"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and f"cannot create the run directory {blocker / 'run'}" in err and "--out" in err
+    assert blocker.read_text() == "not a folder"
+
+
+def test_failed_stage_writes_a_manifest_that_matches_the_files(pipeline_copy, run_copy):
+    quick_pipeline(pipeline_copy)
+    text = pipeline_copy.read_text().replace("[verify]", "[verify.tolerances.fp32]\nmin_cosine = 1.0\n"
+                                             "max_abs_error = 0.0\n\n[verify]")
+    pipeline_copy.write_text(text)
+    code = main(["run", str(pipeline_copy), "--out", str(run_copy), "--quiet"])
+    assert code == 5  # a float-exact match is not possible across runtimes
+    manifest = manifest_of(run_copy)
+    assert manifest["status"] == "failed" and "verif" in manifest["error"]
+    assert [a["name"] for a in manifest["artifacts"]] == ["digits.fp32.tflite", "digits.fp32.onnx"]
+    assert all(a["cached"]["export"] for a in manifest["artifacts"])  # the earlier run's conversions
+    assert_artifacts_match(run_copy, manifest)
+    assert {s["stage"]: s["status"] for s in manifest["stages"]}["verify"] == "failed"
+    assert "bench" not in manifest["files"]
+
+
 def test_lock_sweeps_half_written_files_of_a_killed_run(tmp_path):
     (tmp_path / "artifacts").mkdir()
     stale = [tmp_path / "artifacts" / ".m.fp32.onnx.abc123.tmp", tmp_path / ".quantize-xyz" / "float.onnx"]

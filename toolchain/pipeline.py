@@ -269,7 +269,7 @@ def _run_stages(
         for recipe in section.recipes:
             path = run_dir / "artifacts" / f"{name}.{recipe}.{fmt}"
             key = ctx.cache.key("export", source=source_key, format=fmt, recipe=recipe,
-                                export=content_view(config.export),
+                                export=_export_settings(config),
                                 data=content_view(config.data) if recipe in CALIBRATED_RECIPES[fmt] else None)
             hit = ctx.lookup("export", key)
             if hit is None and ctx.mode("export") == "cached":
@@ -407,6 +407,15 @@ def _run_stages(
     manifest["stages"] = log.records
     write_manifest(run_dir, manifest)
     return RunResult(run_dir, manifest, verify_doc, bench_doc, report_path, budgets_doc)
+
+
+def _export_settings(config: PipelineConfig) -> Any:
+    """[export] as an export's cache key sees it: which formats and recipes run does not change one artifact."""
+    settings = content_view(config.export.model_dump(mode="json", exclude={"formats"}))
+    for fmt in ("tflite", "onnx"):
+        if isinstance(settings.get(fmt), dict):
+            settings[fmt].pop("recipes", None)
+    return settings
 
 
 def _tolerance(config: PipelineConfig, recipe: str, fmt: str | None = None) -> Any:

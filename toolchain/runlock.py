@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .errors import RunLockedError
+from .errors import InputError, RunLockedError
 
 LOCK_NAME = ".lock"
 TEMP_DIR_PREFIXES = (".quantize-", ".quant-debug-", ".tmp-")
@@ -56,8 +56,12 @@ class RunLock:
         """Create the run directory if needed and take the lock, or raise RunLockedError."""
         if self.held:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise InputError(f"cannot create the run directory {self.run_dir} ({e.strerror or e}); "
+                             "give a writable folder with --out") from e
         try:
             self._try_lock(fd)
             previous = _parse(os.pread(fd, 4096, 0))
