@@ -22,7 +22,7 @@ from toolchain.config import PipelineConfig, load_config, parse_config, resolve_
 from toolchain.device import runner
 from toolchain.errors import ConfigError
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 # ---- the config loader ---------------------------------------------------------------
 
