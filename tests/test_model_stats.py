@@ -57,6 +57,19 @@ def test_batch_norm_is_counted_in_params_not_macs():
     assert model_stats(model).trainable_params == 8
 
 
+def test_ops_called_in_the_graph_count_as_weightless_layers():
+    import keras
+
+    # `a * b` and keras.ops calls become graph nodes that are Operations, not Layers
+    # (MobileNetV3 builds its hard-swish this way): no weights, no MACs
+    inputs = keras.Input((4,), name="x")
+    scores = keras.layers.Dense(4, name="fc")(inputs)
+    outputs = keras.ops.relu(scores) * scores
+    stats = model_stats(keras.Model(inputs, outputs))
+    assert stats.macs == 16 and stats.params == 20
+    assert [layer.params for layer in stats.layers if layer.name != "fc"] == [0, 0]
+
+
 def test_unknown_spatial_dims_are_refused():
     import keras
 

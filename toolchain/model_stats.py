@@ -93,7 +93,7 @@ def layer_stats(model: Any, prefix: str = "") -> list[LayerStats]:
         stats.append(LayerStats(
             name=name,
             class_name=type(layer).__name__,
-            params=int(sum(math.prod(w.shape) for w in layer.weights)),
+            params=int(sum(math.prod(w.shape) for w in getattr(layer, "weights", ()))),  # ops (x + y) have none
             macs=macs,
             output_shape=tuple(outputs[0].shape[1:]) if outputs else (),
         ))

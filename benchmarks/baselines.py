@@ -1,0 +1,49 @@
+"""What a user would pick instead of edge-toolchain, each with its documented defaults.
+
+- Keras 3's own `model.export(path, format="litert")` and `format="onnx"` (fp32 only:
+  Keras offers no quantized export).
+- `tf.lite.TFLiteConverter.from_keras_model` with default settings (fp32), and with the
+  documented full-integer recipe: `optimizations=[DEFAULT]` plus a representative dataset
+  of the same calibration samples our int8 recipe uses (float input and output).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def export_all(model: Any, calibration: np.ndarray, folder: Path) -> tuple[dict, dict]:
+    """({(format, recipe, producer): path}, {file name: export seconds})."""
+    import tensorflow as tf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths: dict[tuple[str, str, str], Path] = {}
+    seconds: dict[str, float] = {}
+
+    def timed(key: tuple[str, str, str], path: Path, export: Any) -> None:
+        started = time.perf_counter()
+        export(path)
+        seconds[path.name] = time.perf_counter() - started
+        paths[key] = path
+
+    timed(("tflite", "fp32", "keras.export"), folder / "keras_export.fp32.tflite",
+          lambda p: model.export(str(p), format="litert", verbose=False))
+    timed(("onnx", "fp32", "keras.export"), folder / "keras_export.fp32.onnx",
+          lambda p: model.export(str(p), format="onnx", verbose=False))
+
+    def converter_file(int8: bool) -> Any:
+        def export(path: Path) -> None:
+            converter = tf.lite.TFLiteConverter.from_keras_model(model)
+            if int8:
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+                converter.representative_dataset = lambda: ([calibration[i:i + 1]] for i in range(len(calibration)))
+            path.write_bytes(converter.convert())
+        return export
+
+    timed(("tflite", "fp32", "TFLiteConverter"), folder / "tfliteconverter.fp32.tflite", converter_file(False))
+    timed(("tflite", "int8", "TFLiteConverter"), folder / "tfliteconverter.int8.tflite", converter_file(True))
+    return paths, seconds
