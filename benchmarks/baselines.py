@@ -16,17 +16,25 @@ from typing import Any
 import numpy as np
 
 
-def export_all(model: Any, calibration: np.ndarray, folder: Path) -> tuple[dict, dict]:
-    """({(format, recipe, producer): path}, {file name: export seconds})."""
+def export_all(model: Any, calibration: np.ndarray, folder: Path) -> tuple[dict, dict, dict]:
+    """({(format, recipe, producer): path}, {file name: export seconds}, {file name: error}).
+
+    A baseline that fails is a result too (what the user would have hit), not a crash."""
     import tensorflow as tf
 
     folder.mkdir(parents=True, exist_ok=True)
     paths: dict[tuple[str, str, str], Path] = {}
     seconds: dict[str, float] = {}
+    failures: dict[str, str] = {}
 
     def timed(key: tuple[str, str, str], path: Path, export: Any) -> None:
         started = time.perf_counter()
-        export(path)
+        try:
+            export(path)
+        except Exception as e:
+            first_line = (str(e).strip().splitlines() or [""])[0][:300]
+            failures[path.name] = f"{type(e).__name__}: {first_line}"
+            return
         seconds[path.name] = time.perf_counter() - started
         paths[key] = path
 
@@ -46,4 +54,4 @@ def export_all(model: Any, calibration: np.ndarray, folder: Path) -> tuple[dict,
 
     timed(("tflite", "fp32", "TFLiteConverter"), folder / "tfliteconverter.fp32.tflite", converter_file(False))
     timed(("tflite", "int8", "TFLiteConverter"), folder / "tfliteconverter.int8.tflite", converter_file(True))
-    return paths, seconds
+    return paths, seconds, failures

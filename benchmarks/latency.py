@@ -23,8 +23,8 @@ from toolchain.targets.local import RUNNER_PATH
 GNU_TIME = Path("/usr/bin/time")
 
 
-def run_runner(path: Path, threads: int, min_runs: int, min_seconds: float, warmup_runs: int = 3,
-               warmup_seconds: float = 0.2) -> dict[str, Any]:
+def run_runner(path: Path, threads: int, min_runs: int, min_seconds: float, warmup_runs: int = 2,
+               warmup_seconds: float = 0.1) -> dict[str, Any]:
     request = {"model": str(path), "threads": threads, "min_runs": min_runs, "min_seconds": min_seconds,
                "max_seconds": 120, "warmup_runs": warmup_runs, "warmup_seconds": warmup_seconds}
     if path.suffix == ".tflite":

@@ -38,7 +38,7 @@ def smooth_images(count: int, size: int, low: float, high: float, seed: int) -> 
     return np.ascontiguousarray(np.repeat(np.repeat(coarse, 8, axis=1), 8, axis=2))
 
 
-def build(name: str, calibration_samples: int = 32, eval_samples: int = 16) -> BenchModel:
+def build(name: str, calibration_samples: int = 16, eval_samples: int = 8) -> BenchModel:
     import keras
 
     if name == "digits_cnn":

@@ -41,8 +41,8 @@ import tables  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 SETTINGS = {  # repeats: interleaved rounds; min_runs / min_seconds: per runner process
-    "quick": {"repeats": 3, "min_runs": 10, "min_seconds": 0.2, "overhead_rounds": 2, "overhead_seconds": 0.3},
-    "full": {"repeats": 5, "min_runs": 10, "min_seconds": 0.3, "overhead_rounds": 5, "overhead_seconds": 1.0},
+    "quick": {"repeats": 3, "min_runs": 5, "min_seconds": 0.2, "overhead_rounds": 2, "overhead_seconds": 0.3},
+    "full": {"repeats": 5, "min_runs": 5, "min_seconds": 0.2, "overhead_rounds": 5, "overhead_seconds": 1.0},
 }
 
 
@@ -61,7 +61,8 @@ def run_model(name: str, settings: dict[str, Any], threads: list[int], peak_per_
     wall = pipeline_wall.measure(bench_model, folder / "pipeline")
     ours = {(fmt, recipe, "ours"): path for (fmt, recipe), path in wall.pop("artifacts").items()}
     say(f"{name}: baselines")
-    theirs, export_seconds = baselines.export_all(bench_model.model, bench_model.calibration, folder / "baselines")
+    theirs, export_seconds, baseline_failures = baselines.export_all(
+        bench_model.model, bench_model.calibration, folder / "baselines")
     for stage in wall["stages"]["cold"]:
         if stage["stage"].startswith("export "):
             _, fmt, recipe = stage["stage"].split(" ", 2)
@@ -79,22 +80,25 @@ def run_model(name: str, settings: dict[str, Any], threads: list[int], peak_per_
         row["export_seconds"] = export_seconds.get(row["file"])
     comparisons = latency.ratios(rows)
     files = {r["file"]: (ours | theirs)[(r["format"], r["recipe"], r["producer"])] for r in rows}
-    slower = []
+    slower, examined = [], {}
     for comparison in comparisons:
+        pair = (comparison["ours"], comparison["theirs"])
+        if comparison["holds"] == "NO" and pair not in examined:
+            say(f"{name}: examining {pair[0]} vs {pair[1]}")
+            examined[pair] = explain.explain(files[pair[0]], files[pair[1]],
+                                             next(r["p50_ms"] for r in rows if r["file"] == pair[0]))
         if comparison["holds"] == "NO":
-            say(f"{name}: examining {comparison['ours']} vs {comparison['theirs']}")
-            found = explain.explain(files[comparison["ours"]], files[comparison["theirs"]],
-                                    next(r["p50_ms"] for r in rows if r["file"] == comparison["ours"]))
+            found = examined[pair]
             slower.append({**comparison, "findings": found, "summary": explain.summary(found)})
     return {"model": name, "note": bench_model.note, "macs": macs, "params": int(bench_model.model.count_params()),
-            "pipeline": wall, "export_seconds": export_seconds, "latency": rows, "comparisons": comparisons,
+            "pipeline": wall, "export_seconds": export_seconds, "baseline_failures": baseline_failures,
+            "latency": rows, "comparisons": comparisons,
             "slower_than_baseline": slower}
 
 
-def measurement_quality(result: dict[str, Any], settings: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """Runner overhead on the smallest model's fp32 files, where it weighs most."""
+def measurement_quality(first: dict[str, Any], settings: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Runner overhead on the first (smallest) model's fp32 files, where it weighs most."""
     say("runner overhead vs bare invoke loop")
-    first = result["models"][0]
     rows = []
     for fmt in ("tflite", "onnx"):
         row = next(r for r in first["latency"] if r["format"] == fmt and r["recipe"] == "fp32"
@@ -122,22 +126,37 @@ def main() -> int:
     result: dict[str, Any] = {"suite_version": 1, "date": described["date_utc"][:10], "mode": mode,
                               "machine": described, "threads": threads, "settings": settings,
                               "sgemm_gmacs": {str(k): v for k, v in sgemm.items()}, "models": []}
-    with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
-        for name in names:
-            folder = Path(tmp) / name
-            result["models"].append(run_model(name, settings, threads, described["peak_fp32_gmacs_per_core"],
-                                              sgemm, folder))
-        result["quality"] = measurement_quality(result, settings, Path(tmp))
-    result["wall_seconds"] = time.perf_counter() - started
-    result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"{result['date']}-{machine.slug(described)}" + ("-quick" if args.quick else "")
     json_path, md_path = args.out / f"{stem}.json", args.out / f"{stem}.md"
-    json_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    failed = []
+    with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
+        for name in names:
+            try:
+                result["models"].append(run_model(name, settings, threads, described["peak_fp32_gmacs_per_core"],
+                                                  sgemm, Path(tmp) / name))
+            except Exception as e:  # one model's failure is a finding; the others still run
+                say(f"{name}: FAILED: {e}")
+                failed.append(name)
+                result["models"].append({"model": name, "error": f"{type(e).__name__}: {e}"})
+            _write_json(json_path, result)  # a partial result survives a later crash
+        measured = [m for m in result["models"] if "error" not in m]
+        result["quality"] = measurement_quality(measured[0], settings, Path(tmp)) if measured else None
+    result["wall_seconds"] = time.perf_counter() - started
+    result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    _write_json(json_path, result)
     md_path.write_text(tables.markdown(result))
     print(md_path.read_text())
     say(f"wrote {json_path} and {md_path} in {result['wall_seconds'] / 60:.1f} min")
-    return 0
+    if failed:
+        say(f"failed: {', '.join(failed)} (see 'error' in the JSON)")
+    return 1 if failed else 0
+
+
+def _write_json(path: Path, result: dict[str, Any]) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    temporary.replace(path)
 
 
 if __name__ == "__main__":

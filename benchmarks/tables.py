@@ -36,6 +36,9 @@ def summary_table(result: dict[str, Any]) -> list[str]:
              "best quantized: ours vs theirs (tflite / onnx) | ours int8 vs fp32 (tflite / onnx) |",
              "|---|---|---|---|---|---|"]
     for model in result["models"]:
+        if "error" in model:
+            lines.append(f"| {model['model']} | - | failed: see below | | | |")
+            continue
         for threads in result["threads"]:
             found = [c for c in model["comparisons"] if c["threads"] == threads]
             lines.append(
@@ -48,6 +51,8 @@ def summary_table(result: dict[str, Any]) -> list[str]:
 
 
 def model_section(model: dict[str, Any]) -> list[str]:
+    if "error" in model:
+        return [f"## {model['model']}", "", f"**Failed**: {model['error']}", ""]
     w = model["pipeline"]
     lines = [f"## {model['model']}", "",
              f"{model['note']}: {model['macs'] / 1e6:,.1f} M MACs, {model['params']:,} parameters.", "",
@@ -86,6 +91,8 @@ def model_section(model: dict[str, Any]) -> list[str]:
         for s in model["slower_than_baseline"]:
             lines.append(f"- **{s['ours']}** vs {s['theirs']} ({s['threads']} thread(s), ratio "
                          f"{s['latency_ratio']:.3f}): {s['summary']}.")
+    for name, error in model.get("baseline_failures", {}).items():
+        lines += ["", f"Baseline **{name}** could not be produced: {error}"]
     verify = ", ".join(f"{k} {v['verdict']}" for k, v in w["verify"].items() if v)
     lines += ["", f"Verification in the cold run: {verify}.", ""]
     return lines
@@ -93,6 +100,8 @@ def model_section(model: dict[str, Any]) -> list[str]:
 
 def quality_section(result: dict[str, Any]) -> list[str]:
     q = result["quality"]
+    if q is None:
+        return ["## Measurement quality", "", "No model was measured.", ""]
     lines = ["## Measurement quality", "",
              f"Runner overhead per inference on {q['model']} (1 thread; bare = load, set input once, time N calls "
              "as one block; runner = toolchain/device/runner.py with a timer per call; alternating fresh "
@@ -103,14 +112,15 @@ def quality_section(result: dict[str, Any]) -> list[str]:
         lines.append(f"| {r['file']} | {r['runs_per_round']} × {r['rounds']} | {r['bare_mean_ms']:.4f} | "
                      f"{r['runner_mean_ms']:.4f} | {r['overhead_us_per_inference']:.2f} | "
                      f"{100 * r['overhead_fraction']:.1f}% |")
-    rows = [r for m in result["models"] for r in m["latency"] if r["time_max_rss_kib"]]
+    measured = [m for m in result["models"] if "error" not in m]
+    rows = [r for m in measured for r in m["latency"] if r["time_max_rss_kib"]]
     if rows:
         diffs = [(r["peak_rss_kib"] - r["time_max_rss_kib"]) / r["time_max_rss_kib"] for r in rows]
         worst = max(diffs, key=abs)
         lines += ["", f"Peak RSS: the runner's own figure (VmHWM) against `/usr/bin/time -v` maximum resident set "
                   f"size, same process, {len(rows)} rows: worst difference {100 * worst:+.2f}%, median "
                   f"{100 * sorted(diffs)[len(diffs) // 2]:+.2f}%."]
-    spreads = sorted(r["p50_spread"] for m in result["models"] for r in m["latency"])
+    spreads = sorted(r["p50_spread"] for m in measured for r in m["latency"])
     lines += ["", f"p50 spread across {result['settings']['repeats']} interleaved repeats: median "
               f"{100 * spreads[len(spreads) // 2]:.1f}%, worst {100 * spreads[-1]:.1f}% over {len(spreads)} rows.", ""]
     return lines

@@ -69,6 +69,23 @@ def test_mobilenet_v2_exports_and_verifies(mobilenet_v2_96, tmp_path, fmt):
 
 
 @pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_constants_held_as_plain_tensors_stay_inside_the_artifact(tmp_path, fmt):
+    """Normalization(mean=, variance=) keeps its statistics as tensors, not variables (as in
+    EfficientNet): tf2onnx took them for extra graph inputs until the function was frozen."""
+    import keras
+
+    inputs = keras.Input((4, 4, 3), name="image")
+    x = keras.layers.Normalization(mean=[0.5, 0.4, 0.3], variance=[0.04, 0.09, 0.16], name="norm")(inputs)
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 3, name="conv")(x))
+    path = export(model, tmp_path / f"norm.{fmt}")
+    assert [i["name"] for i in describe(path)["inputs"]] == ["image"]
+    data = random_inputs(model, 4)
+    expected = run_keras(model, data)
+    actual = run_artifact(path, data)
+    np.testing.assert_allclose(actual["conv"], expected["conv"], atol=1e-4)
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
 def test_fixed_and_dynamic_batch(small_cnn, tmp_path, fmt):
     fixed = export(small_cnn, tmp_path / f"b4.{fmt}", batch_size=4)
     dynamic = export(small_cnn, tmp_path / f"dyn.{fmt}", batch_size=None)

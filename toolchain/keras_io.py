@@ -203,3 +203,32 @@ def serving_function(model: Any, batch_size: int | None = 1) -> tuple[Any, list[
         return dict(zip(names_out, result, strict=True))
 
     return tf.function(serve, input_signature=specs), specs
+
+
+def frozen_serving_function(model: Any, batch_size: int | None = 1) -> tuple[Any, list[Any]]:
+    """The serving tf.function with everything it captures frozen to constants, outputs named.
+
+    Both converters need it. TFLite: converting the unfrozen function with the model as
+    trackable keeps Keras 3's weights as resource variables (VAR_HANDLE/READ_VARIABLE)
+    that nothing initializes, so the artifact outputs NaN. tf2onnx: it takes every
+    captured tensor that is not a variable for a graph input, so constants a layer holds
+    as plain tensors (the Normalization mean and variance in EfficientNet) become extra
+    ONNX inputs the caller would have to feed. Freezing drops the output names, so a thin
+    wrapper restores them.
+    """
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    function, specs = serving_function(model, batch_size)
+    concrete = function.get_concrete_function()
+    frozen = convert_variables_to_constants_v2(concrete)
+    structure = concrete.structured_outputs
+
+    @tf.function(input_signature=specs)
+    def named(*args):
+        flat = frozen(*args)
+        return tf.nest.pack_sequence_as(structure, tf.nest.flatten(flat))
+
+    return named, specs

@@ -9,7 +9,7 @@ from ..artifact_info import NCHW_INPUTS_KEY
 from ..config import DEFAULT_ONNX_OPSET, ONNX_RECIPES
 from ..errors import ConfigError, StageError
 from ..fileio import atomic_output
-from ..keras_io import serving_function
+from ..keras_io import frozen_serving_function
 
 MIN_OPSET = 13
 
@@ -50,7 +50,7 @@ def export_onnx(
     import onnx
     import tf2onnx
 
-    function, specs = serving_function(model, batch_size)
+    function, specs = frozen_serving_function(model, batch_size)
     nchw_inputs = [spec.name for spec in specs if len(spec.shape) == 4] if nchw else []
     if nchw and not nchw_inputs:
         raise ConfigError(

@@ -10,7 +10,7 @@ from ..config import TFLITE_RECIPES
 from ..data import CalibrationReader, Dataset
 from ..errors import ConfigError, DataError, StageError
 from ..fileio import atomic_write_bytes
-from ..keras_io import serving_function
+from ..keras_io import frozen_serving_function
 from ..tflite_metadata import add_metadata
 
 COMMON_CAUSES = (
@@ -52,7 +52,7 @@ def export_tflite(
     import tensorflow as tf
 
     try:
-        function = _frozen_named_function(model, batch_size)
+        function = frozen_serving_function(model, batch_size)[0].get_concrete_function()
         converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         if allow_flex:
@@ -142,7 +142,7 @@ def check_prepares(flatbuffer: bytes, what: str) -> None:
 
 
 # What each recipe does to the converter. All of them convert the frozen function (see
-# _frozen_named_function): the representative dataset works on it unchanged, so int8 needs
+# frozen_serving_function): the representative dataset works on it unchanged, so int8 needs
 # no other route.
 RECIPE_NOTES = {
     "fp32": "float32 weights and activations",
@@ -263,7 +263,7 @@ def tflite_layer_errors(model: Any, calibration: Dataset, batch_size: int | None
 
     import tensorflow as tf
 
-    function = _frozen_named_function(model, batch_size)
+    function = frozen_serving_function(model, batch_size)[0].get_concrete_function()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative_dataset(calibration, batch_size)
@@ -289,32 +289,6 @@ def tflite_layer_errors(model: Any, calibration: Dataset, batch_size: int | None
         })
     rows.sort(key=lambda r: r["error_in_steps"], reverse=True)
     return rows[:worst]
-
-
-def _frozen_named_function(model: Any, batch_size: int | None) -> Any:
-    """The serving function with its variables frozen to constants, outputs still named.
-
-    Converting the unfrozen function with the model as trackable keeps Keras 3's weights
-    as resource variables (VAR_HANDLE/READ_VARIABLE) that nothing initializes: the
-    artifact loads and outputs NaN. Freezing drops the output names, so a thin wrapper
-    restores them for the TFLite signature.
-    """
-    import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2,
-    )
-
-    function, specs = serving_function(model, batch_size)
-    concrete = function.get_concrete_function()
-    frozen = convert_variables_to_constants_v2(concrete)
-    structure = concrete.structured_outputs
-
-    @tf.function(input_signature=specs)
-    def named(*args):
-        flat = frozen(*args)
-        return tf.nest.pack_sequence_as(structure, tf.nest.flatten(flat))
-
-    return named.get_concrete_function()
 
 
 def _first_line(e: Exception) -> str:
