@@ -17,15 +17,18 @@ import numpy as np
 
 
 def export_all(model: Any, calibration: np.ndarray, folder: Path) -> tuple[dict, dict, dict]:
-    """({(format, recipe, producer): path}, {file name: export seconds}, {file name: error}).
+    """({(format, recipe, producer): path}, {file name: export seconds}, {file name: problem}).
 
-    A baseline that fails is a result too (what the user would have hit), not a crash."""
+    A baseline that fails, or produces a file with inputs the model does not have, is a
+    result too (what the user would have hit), not a crash."""
     import tensorflow as tf
 
     folder.mkdir(parents=True, exist_ok=True)
     paths: dict[tuple[str, str, str], Path] = {}
     seconds: dict[str, float] = {}
     failures: dict[str, str] = {}
+    defects: dict[str, str] = {}
+    expected_inputs = len(model.inputs)
 
     def timed(key: tuple[str, str, str], path: Path, export: Any) -> None:
         started = time.perf_counter()
@@ -37,6 +40,10 @@ def export_all(model: Any, calibration: np.ndarray, folder: Path) -> tuple[dict,
             return
         seconds[path.name] = time.perf_counter() - started
         paths[key] = path
+        extra = _extra_inputs(path, expected_inputs)
+        if extra:
+            defects[path.name] = (f"{len(extra)} graph input(s) the Keras model does not have: {', '.join(extra)} "
+                                  "(the caller must feed them; the runner fed random values)")
 
     timed(("tflite", "fp32", "keras.export"), folder / "keras_export.fp32.tflite",
           lambda p: model.export(str(p), format="litert", verbose=False))
@@ -54,4 +61,12 @@ def export_all(model: Any, calibration: np.ndarray, folder: Path) -> tuple[dict,
 
     timed(("tflite", "fp32", "TFLiteConverter"), folder / "tfliteconverter.fp32.tflite", converter_file(False))
     timed(("tflite", "int8", "TFLiteConverter"), folder / "tfliteconverter.int8.tflite", converter_file(True))
-    return paths, seconds, failures
+    return paths, seconds, {**failures, **{name: f"defect: {text}" for name, text in defects.items()}}
+
+
+def _extra_inputs(path: Path, expected: int) -> list[str]:
+    """Input names beyond the model's own (Keras' ONNX export turns some constants into inputs)."""
+    from toolchain.artifact_info import describe
+
+    names = [i["name"] for i in describe(path)["inputs"]]
+    return names[expected:] if len(names) > expected else []

@@ -127,6 +127,10 @@ def summary(found: dict[str, Any]) -> str:
                              f"(without delegates {off['p50_ms']:.3f} ms)")
     if "onnxruntime_profile" in found:
         for side in ("ours", "theirs"):
-            top = list(found["onnxruntime_profile"][side].get("ms_per_op_type", {}).items())[:3]
+            profile = found["onnxruntime_profile"][side]
+            if "error" in profile:
+                parts.append(f"{side}: no profile ({' '.join(profile['error'])[:200]})")
+                continue
+            top = list(profile["ms_per_op_type"].items())[:3]
             parts.append(f"{side} top ops " + ", ".join(f"{k} {v:.3f} ms" for k, v in top))
     return "; ".join(parts)

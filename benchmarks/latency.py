@@ -24,7 +24,7 @@ GNU_TIME = Path("/usr/bin/time")
 
 
 def run_runner(path: Path, threads: int, min_runs: int, min_seconds: float, warmup_runs: int = 2,
-               warmup_seconds: float = 0.1) -> dict[str, Any]:
+               warmup_seconds: float = 0.05) -> dict[str, Any]:
     request = {"model": str(path), "threads": threads, "min_runs": min_runs, "min_seconds": min_seconds,
                "max_seconds": 120, "warmup_runs": warmup_runs, "warmup_seconds": warmup_seconds}
     if path.suffix == ".tflite":

@@ -41,8 +41,8 @@ import tables  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 SETTINGS = {  # repeats: interleaved rounds; min_runs / min_seconds: per runner process
-    "quick": {"repeats": 3, "min_runs": 5, "min_seconds": 0.2, "overhead_rounds": 2, "overhead_seconds": 0.3},
-    "full": {"repeats": 5, "min_runs": 5, "min_seconds": 0.2, "overhead_rounds": 5, "overhead_seconds": 1.0},
+    "quick": {"repeats": 3, "min_runs": 5, "min_seconds": 0.1, "overhead_rounds": 2, "overhead_seconds": 0.3},
+    "full": {"repeats": 5, "min_runs": 5, "min_seconds": 0.1, "overhead_rounds": 3, "overhead_seconds": 1.0},
 }
 
 
@@ -114,9 +114,16 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="2 small models, 3 repeats (a check, ~3 min)")
     parser.add_argument("--models", nargs="+", choices=models.FULL, help="override the model list")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default: benchmarks/results)")
+    parser.add_argument("--repeats", type=int, help="interleaved repeats (default: 5 full, 3 quick)")
+    parser.add_argument("--min-seconds", type=float,
+                        help="seconds of inferences per measurement (default 0.1): longer = less spread, slower suite")
     args = parser.parse_args()
     mode = "quick" if args.quick else "full"
-    settings = SETTINGS[mode]
+    settings = dict(SETTINGS[mode])
+    if args.repeats:
+        settings["repeats"] = args.repeats
+    if args.min_seconds is not None:
+        settings["min_seconds"] = args.min_seconds
     names = args.models or (models.QUICK if args.quick else models.FULL)
     threads = sorted({1, os.cpu_count() or 1})
     started = time.perf_counter()

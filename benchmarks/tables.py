@@ -91,8 +91,8 @@ def model_section(model: dict[str, Any]) -> list[str]:
         for s in model["slower_than_baseline"]:
             lines.append(f"- **{s['ours']}** vs {s['theirs']} ({s['threads']} thread(s), ratio "
                          f"{s['latency_ratio']:.3f}): {s['summary']}.")
-    for name, error in model.get("baseline_failures", {}).items():
-        lines += ["", f"Baseline **{name}** could not be produced: {error}"]
+    for name, problem in model.get("baseline_failures", {}).items():
+        lines += ["", f"Baseline **{name}**: {problem}"]
     verify = ", ".join(f"{k} {v['verdict']}" for k, v in w["verify"].items() if v)
     lines += ["", f"Verification in the cold run: {verify}.", ""]
     return lines

@@ -86,6 +86,22 @@ def test_constants_held_as_plain_tensors_stay_inside_the_artifact(tmp_path, fmt)
 
 
 @pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_swish_custom_gradient_keeps_output_names(tmp_path, fmt):
+    """Keras' swish carries a custom gradient with a captured tensor (EfficientNet): the
+    SavedModel route used to fail silently, leaving a TFLite output named 'Identity'."""
+    import keras
+
+    inputs = keras.Input((6, 6, 3), name="image")
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.Activation("swish", name="act")(x)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D(name="scores")(x))
+    path = export(model, tmp_path / f"swish.{fmt}")
+    assert [o["name"] for o in describe(path)["outputs"]] == ["scores"]
+    data = random_inputs(model, 4)
+    np.testing.assert_allclose(run_artifact(path, data)["scores"], run_keras(model, data)["scores"], atol=1e-4)
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
 def test_fixed_and_dynamic_batch(small_cnn, tmp_path, fmt):
     fixed = export(small_cnn, tmp_path / f"b4.{fmt}", batch_size=4)
     dynamic = export(small_cnn, tmp_path / f"dyn.{fmt}", batch_size=None)

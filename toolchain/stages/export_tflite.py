@@ -49,20 +49,33 @@ def export_tflite(
         raise ConfigError(
             f"keep_float cannot be applied to TFLite recipe {recipe!r}: {KEEP_FLOAT_REFUSED[recipe]}"
         )
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edge-toolchain-savedmodel-") as saved_model_dir:
+        flatbuffer = _convert(model, recipe, batch_size, calibration, keep_float, allow_flex, Path(saved_model_dir))
+    check_op_inventory(flatbuffer, allow_flex, what=f"'{model.name}' ({recipe})")
+    if recipe != "fp32" and not allow_flex:
+        check_prepares(flatbuffer, f"'{model.name}' ({recipe})")
+    if metadata:
+        flatbuffer = add_metadata(flatbuffer, metadata)
+    atomic_write_bytes(filepath, flatbuffer)
+    return filepath
+
+
+def _convert(model: Any, recipe: str, batch_size: int | None, calibration: Dataset | None,
+             keep_float: list[str] | None, allow_flex: bool, saved_model_dir: Path) -> bytes:
     import tensorflow as tf
 
     try:
         function = frozen_serving_function(model, batch_size)[0].get_concrete_function()
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
+        converter = tflite_converter(function, saved_model_dir)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         if allow_flex:
             converter.target_spec.supported_ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
         _apply_recipe(converter, recipe, calibration, batch_size)
         if keep_float and recipe in CALIBRATED:
-            flatbuffer = _selective_quantize(converter, function, model, calibration, batch_size,
-                                             keep_float)
-        else:
-            flatbuffer = converter.convert()
+            return _selective_quantize(converter, function, model, calibration, batch_size, keep_float)
+        return converter.convert()
     except (ConfigError, DataError):
         raise
     except Exception as e:
@@ -78,13 +91,23 @@ def export_tflite(
             f"TFLite conversion of '{model.name}' ({recipe}) failed: "
             f"{_first_line(e)}; {COMMON_CAUSES}"
         ) from e
-    check_op_inventory(flatbuffer, allow_flex, what=f"'{model.name}' ({recipe})")
-    if recipe != "fp32" and not allow_flex:
-        check_prepares(flatbuffer, f"'{model.name}' ({recipe})")
-    if metadata:
-        flatbuffer = add_metadata(flatbuffer, metadata)
-    atomic_write_bytes(filepath, flatbuffer)
-    return filepath
+
+
+def tflite_converter(function: Any, saved_model_dir: Path) -> Any:
+    """A TFLiteConverter for the frozen serving function, through a SavedModel we write.
+
+    `from_concrete_functions(..., trackable)` writes the same SavedModel internally, but
+    when saving fails it silently falls back to a route without signatures: outputs then
+    come out named 'Identity'. Saving fails for models whose activations carry custom
+    gradients with captured tensors (Keras' swish in EfficientNet), which inference does
+    not need, so they are not saved here.
+    """
+    import tensorflow as tf
+
+    options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
+    tf.saved_model.save(tf.Module(), str(saved_model_dir), signatures={"serving_default": function},
+                        options=options)
+    return tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
 
 
 def check_batch_size(batch_size: Any) -> None:
@@ -260,16 +283,18 @@ def tflite_layer_errors(model: Any, calibration: Dataset, batch_size: int | None
     """
     import io
     import math
+    import tempfile
 
     import tensorflow as tf
 
     function = frozen_serving_function(model, batch_size)[0].get_concrete_function()
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative_dataset(calibration, batch_size)
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=representative_dataset(calibration, batch_size))
-    debugger.run()
+    with tempfile.TemporaryDirectory(prefix="edge-toolchain-savedmodel-") as saved_model_dir:
+        converter = tflite_converter(function, Path(saved_model_dir))
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative_dataset(calibration, batch_size)
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=representative_dataset(calibration, batch_size))
+        debugger.run()
     buffer = io.StringIO()
     debugger.layer_statistics_dump(buffer)
     import csv
