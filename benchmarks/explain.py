@@ -1,8 +1,9 @@
 """Why one artifact is slower than another: look at what each file runs.
 
 - operator counts of both files, and the operators only one of them has
-- TFLite: whether the XNNPACK delegate took the graph (DELEGATE nodes after allocation)
-  and the latency with the default delegates switched off (how much XNNPACK buys)
+- TFLite: whether the XNNPACK delegate took the graph (DELEGATE nodes after allocation),
+  which ops it left between its partitions, and the latency with the default delegates
+  switched off (how much XNNPACK buys)
 - ONNX: onnxruntime's own profile, time per operator type, for both files
 """
 
@@ -45,7 +46,17 @@ else:
     resolver = OpResolverType.AUTO if delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     interpreter = Interpreter(model_path=path, num_threads=1, experimental_op_resolver_type=resolver)
     interpreter.allocate_tensors()
-    ops = collections.Counter(op["op_name"] for op in interpreter._get_ops_details())
+    details = interpreter._get_ops_details()
+    ops = collections.Counter(op["op_name"] for op in details)
+    # ops the delegate left to the built-in kernels: they feed a delegate partition but
+    # are not produced by one (the nodes a delegate took stay listed, their outputs internal)
+    delegate_in, delegate_out = set(), set()
+    for op in details:
+        if op["op_name"] == "DELEGATE":
+            delegate_in |= set(op["inputs"])
+            delegate_out |= set(op["outputs"])
+    outside = collections.Counter(op["op_name"] for op in details if op["op_name"] != "DELEGATE"
+                                  and set(op["outputs"]) & delegate_in and not set(op["outputs"]) & delegate_out)
     detail = interpreter.get_input_details()[0]
     interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
     for _ in range(3):
@@ -55,7 +66,8 @@ else:
         start = time.perf_counter()
         interpreter.invoke()
         times.append((time.perf_counter() - start) * 1000)
-    print(json.dumps({"delegate_nodes": ops.pop("DELEGATE", 0), "p50_ms": sorted(times)[len(times) // 2]}))
+    print(json.dumps({"delegate_nodes": ops.pop("DELEGATE", 0), "outside_delegate": dict(outside),
+                      "p50_ms": sorted(times)[len(times) // 2]}))
 """
 
 
@@ -123,8 +135,10 @@ def summary(found: dict[str, Any]) -> str:
         for side in ("ours", "theirs"):
             on, off = found["xnnpack"][side]["with_default_delegates"], found["xnnpack"][side]["without_delegates"]
             if "p50_ms" in on and "p50_ms" in off:
-                parts.append(f"{side}: {on['delegate_nodes']} XNNPACK partition(s), p50 {on['p50_ms']:.3f} ms "
-                             f"(without delegates {off['p50_ms']:.3f} ms)")
+                between = ", ".join(f"{k}×{v}" for k, v in sorted(on.get("outside_delegate", {}).items()))
+                parts.append(f"{side}: {on['delegate_nodes']} XNNPACK partition(s)"
+                             + (f" split by ops XNNPACK does not take ({between})" if between else "")
+                             + f", p50 {on['p50_ms']:.3f} ms (without delegates {off['p50_ms']:.3f} ms)")
     if "onnxruntime_profile" in found:
         for side in ("ours", "theirs"):
             profile = found["onnxruntime_profile"][side]

@@ -63,6 +63,7 @@ def test_explain_reads_operators_and_xnnpack_from_real_files(demo_run):
     assert found["xnnpack"]["ours"]["with_default_delegates"]["delegate_nodes"] >= 1
     assert found["xnnpack"]["theirs"]["with_default_delegates"]["delegate_nodes"] == 0
     assert found["xnnpack"]["ours"]["without_delegates"]["delegate_nodes"] == 0
+    assert found["xnnpack"]["ours"]["with_default_delegates"]["outside_delegate"] == {}
     text = explain.summary(found)
     assert "XNNPACK partition" in text and "only" not in text
 
@@ -70,6 +71,29 @@ def test_explain_reads_operators_and_xnnpack_from_real_files(demo_run):
     assert onnx["only_ours"].get("QuantizeLinear", 0) > 0
     profile = onnx["onnxruntime_profile"]["ours"]["ms_per_op_type"]
     assert any(op.startswith("QLinear") or op == "QGemm" for op in profile), profile
+
+
+def test_explain_names_the_ops_that_split_xnnpack_partitions(tmp_path):
+    """int8 HARD_SWISH (MobileNetV3) runs outside XNNPACK in ai-edge-litert 2.3: the finding
+    behind MobileNetV3Small's slow int8 file in the recorded results."""
+    import keras
+    import numpy as np
+
+    from toolchain.data import Dataset
+    from toolchain.stages.export_tflite import export_tflite
+
+    inputs = keras.Input((8, 8, 3), name="image")
+    x = keras.layers.Conv2D(8, 3, padding="same", name="conv1")(inputs)
+    x = keras.layers.Activation("hard_swish", name="hswish")(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", name="conv2")(x)
+    model = keras.Model(inputs, x)
+    calibration = Dataset({"image": np.random.default_rng(0).uniform(-3, 3, (8, 8, 8, 3)).astype(np.float32)})
+    int8 = export_tflite(model, tmp_path / "m.int8.tflite", recipe="int8-float-io", calibration=calibration)
+    fp32 = export_tflite(model, tmp_path / "m.fp32.tflite")
+    found = explain.explain(int8, fp32, 0.05)
+    assert found["xnnpack"]["ours"]["with_default_delegates"]["outside_delegate"] == {"HARD_SWISH": 1}
+    assert found["xnnpack"]["ours"]["with_default_delegates"]["delegate_nodes"] == 2
+    assert "HARD_SWISH×1" in explain.summary(found)
 
 
 @pytest.mark.heavy
