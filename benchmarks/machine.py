@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -81,10 +85,6 @@ def describe() -> dict[str, Any]:
 def measured_sgemm_gmacs(threads: int, size: int = 1024, repeats: int = 5) -> float:
     """Achieved fp32 GMAC/s of numpy's BLAS matmul (size^3 MACs), best of `repeats`, in a
     subprocess so the BLAS thread count applies: a practical ceiling next to the theory."""
-    import json
-    import subprocess
-    import sys
-
     code = (
         "import json, time, numpy as np\n"
         f"a = np.random.default_rng(0).standard_normal(({size}, {size}), dtype=np.float32)\n"
@@ -101,7 +101,5 @@ def measured_sgemm_gmacs(threads: int, size: int = 1024, repeats: int = 5) -> fl
 
 def slug(described: dict[str, Any]) -> str:
     """A file-name-safe machine name: CPU model and core count (hostnames of VMs say nothing)."""
-    import re
-
     model = re.sub(r"[^a-z0-9]+", "-", (described["cpu_model"] or described["arch"]).lower()).strip("-")
     return f"{model}-{described['cores']}core"

@@ -1,7 +1,7 @@
 """The performance suite: edge-toolchain against what a user would use instead, side by side.
 
-    python benchmarks/suite.py            # full: 5 models (make bench), ~20 min on 2 cores
-    python benchmarks/suite.py --quick    # digits CNN + MobileNetV3Small, fewer repeats, ~3 min
+    python benchmarks/suite.py            # full: 5 models (make bench), ~19 min on 2 cores
+    python benchmarks/suite.py --quick    # digits CNN + MobileNetV3Small, fewer repeats, ~2 min
 
 Per model:
  1. toolchain wall time: `edge-toolchain run` cold, unchanged re-run, bench-only edit
@@ -79,17 +79,17 @@ def run_model(name: str, settings: dict[str, Any], threads: list[int], peak_per_
         row["fraction_of_sgemm"] = row["gmacs_per_s"] / measured if measured and row["recipe"] == "fp32" else None
         row["export_seconds"] = export_seconds.get(row["file"])
     comparisons = latency.ratios(rows)
-    files = {r["file"]: (ours | theirs)[(r["format"], r["recipe"], r["producer"])] for r in rows}
+    files = {path.name: path for path in (ours | theirs).values()}
     slower, examined = [], {}
     for comparison in comparisons:
+        if comparison["holds"] != "NO":
+            continue
         pair = (comparison["ours"], comparison["theirs"])
-        if comparison["holds"] == "NO" and pair not in examined:
+        if pair not in examined:  # the same pair fails at several thread counts: look once
             say(f"{name}: examining {pair[0]} vs {pair[1]}")
-            examined[pair] = explain.explain(files[pair[0]], files[pair[1]],
-                                             next(r["p50_ms"] for r in rows if r["file"] == pair[0]))
-        if comparison["holds"] == "NO":
-            found = examined[pair]
-            slower.append({**comparison, "findings": found, "summary": explain.summary(found)})
+            p50_ms = next(r["p50_ms"] for r in rows if r["file"] == pair[0])
+            examined[pair] = explain.explain(files[pair[0]], files[pair[1]], p50_ms)
+        slower.append({**comparison, "findings": examined[pair], "summary": explain.summary(examined[pair])})
     return {"model": name, "note": bench_model.note, "macs": macs, "params": int(bench_model.model.count_params()),
             "pipeline": wall, "export_seconds": export_seconds, "baseline_failures": baseline_failures,
             "latency": rows, "comparisons": comparisons,

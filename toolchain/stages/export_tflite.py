@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +51,7 @@ def export_tflite(
         raise ConfigError(
             f"keep_float cannot be applied to TFLite recipe {recipe!r}: {KEEP_FLOAT_REFUSED[recipe]}"
         )
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="edge-toolchain-savedmodel-") as saved_model_dir:
-        flatbuffer = _convert(model, recipe, batch_size, calibration, keep_float, allow_flex, Path(saved_model_dir))
+    flatbuffer = _convert(model, recipe, batch_size, calibration, keep_float, allow_flex)
     check_op_inventory(flatbuffer, allow_flex, what=f"'{model.name}' ({recipe})")
     if recipe != "fp32" and not allow_flex:
         check_prepares(flatbuffer, f"'{model.name}' ({recipe})")
@@ -63,19 +62,18 @@ def export_tflite(
 
 
 def _convert(model: Any, recipe: str, batch_size: int | None, calibration: Dataset | None,
-             keep_float: list[str] | None, allow_flex: bool, saved_model_dir: Path) -> bytes:
+             keep_float: list[str] | None, allow_flex: bool) -> bytes:
     import tensorflow as tf
 
     try:
-        function = frozen_serving_function(model, batch_size)[0].get_concrete_function()
-        converter = tflite_converter(function, saved_model_dir)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if allow_flex:
-            converter.target_spec.supported_ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
-        _apply_recipe(converter, recipe, calibration, batch_size)
-        if keep_float and recipe in CALIBRATED:
-            return _selective_quantize(converter, function, model, calibration, batch_size, keep_float)
-        return converter.convert()
+        with tflite_converter(model, batch_size) as (converter, function):
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+            if allow_flex:
+                converter.target_spec.supported_ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
+            _apply_recipe(converter, recipe, calibration, batch_size)
+            if keep_float and recipe in CALIBRATED:
+                return _selective_quantize(converter, function, model, calibration, batch_size, keep_float)
+            return converter.convert()
     except (ConfigError, DataError):
         raise
     except Exception as e:
@@ -93,8 +91,10 @@ def _convert(model: Any, recipe: str, batch_size: int | None, calibration: Datas
         ) from e
 
 
-def tflite_converter(function: Any, saved_model_dir: Path) -> Any:
-    """A TFLiteConverter for the frozen serving function, through a SavedModel we write.
+@contextmanager
+def tflite_converter(model: Any, batch_size: int | None) -> Iterator[tuple[Any, Any]]:
+    """(TFLiteConverter, frozen concrete function) for the model's serving function, through
+    a SavedModel we write into a temporary folder that lives as long as the converter.
 
     `from_concrete_functions(..., trackable)` writes the same SavedModel internally, but
     when saving fails it silently falls back to a route without signatures: outputs then
@@ -102,12 +102,16 @@ def tflite_converter(function: Any, saved_model_dir: Path) -> Any:
     gradients with captured tensors (Keras' swish in EfficientNet), which inference does
     not need, so they are not saved here.
     """
+    import tempfile
+
     import tensorflow as tf
 
+    function = frozen_serving_function(model, batch_size)[0].get_concrete_function()
     options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
-    tf.saved_model.save(tf.Module(), str(saved_model_dir), signatures={"serving_default": function},
-                        options=options)
-    return tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+    with tempfile.TemporaryDirectory(prefix="edge-toolchain-savedmodel-") as saved_model_dir:
+        tf.saved_model.save(tf.Module(), saved_model_dir, signatures={"serving_default": function},
+                            options=options)
+        yield tf.lite.TFLiteConverter.from_saved_model(saved_model_dir), function
 
 
 def check_batch_size(batch_size: Any) -> None:
@@ -283,13 +287,10 @@ def tflite_layer_errors(model: Any, calibration: Dataset, batch_size: int | None
     """
     import io
     import math
-    import tempfile
 
     import tensorflow as tf
 
-    function = frozen_serving_function(model, batch_size)[0].get_concrete_function()
-    with tempfile.TemporaryDirectory(prefix="edge-toolchain-savedmodel-") as saved_model_dir:
-        converter = tflite_converter(function, Path(saved_model_dir))
+    with tflite_converter(model, batch_size) as (converter, _):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative_dataset(calibration, batch_size)
         debugger = tf.lite.experimental.QuantizationDebugger(
