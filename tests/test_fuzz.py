@@ -68,19 +68,55 @@ def test_config_file_text_raises_only_config_errors(text, tmp_path_factory):
         pass
 
 
-@pytest.mark.parametrize("raw", [
-    {"model": {"path": "m\0.keras"}},
-    {"model": {"path": "m.keras"}, "output": {"dir": "out\0"}},
-    {"model": {"path": "m.keras"}, "data": {"eval": "\0"}},
-    {"model": {"path": "m.keras"}, "bench": {"threads": [2**70]}},
-    {"model": {"path": "m.keras"}, "verify": {"tolerances": {"fp32": {"max_abs_error": float("nan")}}}},
-    {"model": {"path": "m.keras"}, "bench": {"max_seconds": float("inf")}},
+@pytest.mark.parametrize("raw,message", [
+    ({"model": {"path": "m\0.keras"}}, "'model.path': 'm\\x00.keras' is not a usable path"),
+    ({"model": {"path": "m.keras"}, "output": {"dir": "out\0"}}, "'output.dir': 'out\\x00' is not a usable path"),
+    ({"model": {"path": "m.keras"}, "data": {"eval": "\0"}}, "'data.eval': '\\x00' is not a usable path"),
+    ({"model": {"path": "m.keras"}, "bench": {"threads": [2**70]}},
+     "'bench.threads': thread counts must be between 1 and 1024"),
+    ({"model": {"path": "m.keras"}, "bench": {"threads": [0]}}, "thread counts must be between 1 and 1024"),
+    ({"model": {"path": "m.keras"}, "verify": {"tolerances": {"fp32": {"max_abs_error": float("nan")}}}},
+     "'verify.tolerances.fp32.max_abs_error': Input should be a finite number"),
+    ({"model": {"path": "m.keras"}, "bench": {"max_seconds": float("inf")}},
+     "'bench.max_seconds': Input should be a finite number (got inf)"),
+    ({"model": {"path": "m.keras"}, "bench": {"timeout_seconds": float("inf")}},
+     "'bench.timeout_seconds': Input should be a finite number (got inf)"),
+    ({"model": {"path": "m.keras"}, "bench": {"timeout_seconds": 1e300}},
+     "'bench.timeout_seconds': Input should be less than or equal to 86400"),
+    ({"model": {"path": "m.keras"}, "bench": {"min_runs": 2**70}}, "'bench.min_runs': Input should be less than"),
+    ({"model": {"path": "m.keras"}, "data": {"value_range": [float("nan"), 1.0]}},
+     "'data.value_range.0': Input should be a finite number (got nan)"),
+    ({"model": {"path": "m.keras"}, "data": {"value_range": [0.0, float("inf")]}},
+     "'data.value_range.1': Input should be a finite number (got inf)"),
 ])
-def test_config_edge_values(raw, tmp_path):
-    try:
+def test_config_edge_values(raw, message, tmp_path):
+    with pytest.raises(ConfigError) as caught:
         resolve_paths(parse_config(raw), tmp_path)
-    except ConfigError:
-        pass
+    assert message in str(caught.value)
+
+
+def test_profile_refuses_infinite_and_absurd_bench_values(tmp_path):
+    from toolchain.config import load_profile
+
+    path = tmp_path / "board.toml"
+    for body, message in [("threads = [4096]", "'threads': thread counts must be between 1 and 1024"),
+                          ("[bench]\nmax_seconds = inf", "'bench.max_seconds': Input should be a finite number"),
+                          ("[bench]\ntimeout_seconds = nan", "'bench.timeout_seconds': Input should be a finite")]:
+        path.write_text(body + "\n")
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(".", r"\.")):
+            load_profile(path)
+
+
+@pytest.mark.parametrize("raw", [
+    {"model": {"path": "m.keras"}, "export": {"batch_size": "x" * 10_000_000}},
+    {"model": {"path": "m.keras"}, "export": {"formats": ["y" * 10_000_000]}},
+    {"model": {"path": "m.keras"}, "bench": {"z" * 10_000_000: 1}},
+])
+def test_huge_config_values_are_not_echoed_whole(raw):
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw)
+    message = str(caught.value)
+    assert len(message) < 400 and "0,00" in message and " characters)" in message, message[:400]
 
 
 # ---- the device runner's JSON protocol ---------------------------------------------

@@ -43,7 +43,7 @@ def write_profile(folder, name, text):
     ('[connection]\nkind = "telnet"\n', r"'connection.kind' must be one of 'local'"),
     ('[budgets]\nmax_p90_ms = -1\n', r"'budgets.max_p90_ms': Input should be greater than 0"),
     ('[budgets]\nmin_accuracy = 95\n', r"'budgets.min_accuracy': Input should be less than or equal to 1"),
-    ('threads = [0]\n', r"'threads': thread counts must be >= 1"),
+    ('threads = [0]\n', r"'threads': thread counts must be between 1 and 1024"),
     ('[bench]\nmin_runs = "many"\n', r"'bench.min_runs' must be an integer"),
     ('[hardware]\npeak_gflops = 0\n', r"'hardware.peak_gflops': Input should be greater than 0"),
 ])

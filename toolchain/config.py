@@ -26,6 +26,13 @@ CALIBRATED_RECIPES = {"tflite": ("int8", "int8-float-io", "int16x8"), "onnx": ("
 # three years run it, including those for Python 3.9-3.11 on aarch64 device images (1.15.0,
 # the oldest cp311 wheel, runs our opset-17 files). tf2onnx here emits 13-18 (README "Export").
 DEFAULT_ONNX_OPSET = 17
+# Bounds on benchmark settings. Beyond them a value is a typo, and time arithmetic must stay
+# finite (an infinite timeout overflows deep inside the bench stage after outputs were written).
+MAX_THREADS = 1024  # more than any board or server this toolchain targets has cores
+MAX_SECONDS = 86_400.0  # one day: no single benchmark or timeout should need longer
+MAX_RUNS = 10_000_000
+# Echoed config values are cut to this many characters: a 10 MB value must not fill the terminal.
+MAX_ECHO = 80
 
 
 # TOML has no path type: accept strings for paths, strictly typed everywhere else.
@@ -33,7 +40,9 @@ PathValue = Annotated[Path, Field(strict=False)]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+    # allow_inf_nan=False: inf and NaN are refused in every float key (a NaN bound disables a
+    # check, an infinite limit never ends or overflows)
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, allow_inf_nan=False)
 
 
 class ModelSection(Section):
@@ -149,20 +158,18 @@ class BenchSection(Section):
     enabled: bool = True
     targets: list[str] = Field(default_factory=lambda: ["local"], min_length=1)
     threads: list[int] | None = Field(default=None, min_length=1)  # default: the profile's threads
-    warmup_runs: int = Field(default=5, ge=0)
-    warmup_seconds: float = Field(default=0.2, ge=0)
-    min_runs: int = Field(default=50, ge=1)
-    min_seconds: float = Field(default=1.0, ge=0)
-    max_seconds: float = Field(default=30.0, gt=0)
-    timeout_seconds: float = Field(default=300.0, gt=0)
+    warmup_runs: int = Field(default=5, ge=0, le=MAX_RUNS)
+    warmup_seconds: float = Field(default=0.2, ge=0, le=MAX_SECONDS)
+    min_runs: int = Field(default=50, ge=1, le=MAX_RUNS)
+    min_seconds: float = Field(default=1.0, ge=0, le=MAX_SECONDS)
+    max_seconds: float = Field(default=30.0, gt=0, le=MAX_SECONDS)
+    timeout_seconds: float = Field(default=300.0, gt=0, le=MAX_SECONDS)
     targets_dir: PathValue | None = None  # a folder of your own target profiles (*.toml)
 
     @field_validator("threads")
     @classmethod
-    def _positive(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and any(t < 1 for t in v):
-            raise ValueError("thread counts must be >= 1")
-        return v
+    def _thread_counts(cls, v: list[int] | None) -> list[int] | None:
+        return v if v is None else check_thread_counts(v)
 
 
 class ReportSection(Section):
@@ -321,22 +328,28 @@ def format_validation_error(error: ValidationError, root: type[BaseModel]) -> st
         kind = err["type"]
         if kind == "extra_forbidden":
             valid = _valid_keys_at(root, err["loc"][:-1])
-            lines.append(f"unknown key '{key}'{_did_you_mean(loc[-1], valid)}")
+            lines.append(f"unknown key {_shown(key)}{_did_you_mean(loc[-1][:MAX_ECHO], valid)}")
         elif kind == "missing":
-            lines.append(f"missing required key '{key}'")
+            lines.append(f"missing required key {_shown(key)}")
         elif kind in _TYPE_NAMES or kind.endswith("_type"):
             expected = _TYPE_NAMES.get(kind, kind.removesuffix("_type"))
             got = err.get("input")
-            lines.append(
-                f"'{key}' must be {expected}, got {got!r} ({type(got).__name__})"
-            )
+            lines.append(f"{_shown(key)} must be {expected}, got {_shown(got)} ({type(got).__name__})")
         elif kind == "literal_error":
             expected = err.get("ctx", {}).get("expected", "")
-            lines.append(f"'{key}' must be one of {expected}, got {err.get('input')!r}")
+            lines.append(f"{_shown(key)} must be one of {expected}, got {_shown(err.get('input'))}")
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"'{key}': {msg} (got {err.get('input')!r})")
+            lines.append(f"{_shown(key)}: {msg} (got {_shown(err.get('input'))})")
     return "; ".join(lines)
+
+
+def _shown(value: Any) -> str:
+    """repr() of a value from the config, cut to MAX_ECHO characters."""
+    text = repr(value)
+    if len(text) <= MAX_ECHO:
+        return text
+    return f"{text[:MAX_ECHO]}... ({len(text):,} characters)"
 
 
 def _valid_keys_at(root: type[BaseModel], loc: tuple) -> list[str]:
@@ -432,12 +445,12 @@ class HardwareSection(Section):
 class ProfileBenchSection(Section):
     """A target's default benchmark settings; the pipeline's [bench] and CLI flags override them."""
 
-    warmup_runs: int | None = Field(default=None, ge=0)
-    warmup_seconds: float | None = Field(default=None, ge=0)
-    min_runs: int | None = Field(default=None, ge=1)
-    min_seconds: float | None = Field(default=None, ge=0)
-    max_seconds: float | None = Field(default=None, gt=0)
-    timeout_seconds: float | None = Field(default=None, gt=0)
+    warmup_runs: int | None = Field(default=None, ge=0, le=MAX_RUNS)
+    warmup_seconds: float | None = Field(default=None, ge=0, le=MAX_SECONDS)
+    min_runs: int | None = Field(default=None, ge=1, le=MAX_RUNS)
+    min_seconds: float | None = Field(default=None, ge=0, le=MAX_SECONDS)
+    max_seconds: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
+    timeout_seconds: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
 
 
 class TargetBudgets(Section):
@@ -462,10 +475,14 @@ class TargetProfile(Section):
 
     @field_validator("threads")
     @classmethod
-    def _positive_threads(cls, v: list[int]) -> list[int]:
-        if any(t < 1 for t in v):
-            raise ValueError("thread counts must be >= 1")
-        return v
+    def _thread_counts(cls, v: list[int]) -> list[int]:
+        return check_thread_counts(v)
+
+
+def check_thread_counts(threads: list[int]) -> list[int]:
+    if any(not 1 <= t <= MAX_THREADS for t in threads):
+        raise ValueError(f"thread counts must be between 1 and {MAX_THREADS}")
+    return threads
 
 
 def builtin_profiles_dir() -> Path:
