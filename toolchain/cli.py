@@ -631,23 +631,76 @@ def _print_summary(result: Any, quiet: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is first imported
-    try:
-        app(args=argv if argv is not None else sys.argv[1:], prog_name="edge-toolchain")
-    except SystemExit as e:  # typer/click: usage errors exit 2, --help and --version 0
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except ToolchainError as e:
-        if STATE["debug"]:
-            import traceback
+    """Every failure ends here as one line and its documented exit code (traceback with --debug)."""
+    from .interrupt import sigint_recorded
 
-            traceback.print_exception(e)
-        err.print("[bold red]error:[/] ", end="")
-        err.print(str(e), highlight=False, soft_wrap=True, markup=False)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is first imported
+    STATE["debug"] = False
+    with sigint_recorded():
+        return _run_app(argv if argv is not None else sys.argv[1:])
+
+
+def _run_app(args: list[str]) -> int:
+    from typer import Abort
+    from typer._click.exceptions import ClickException  # typer vendors click; no public name
+
+    from .interrupt import interrupted
+
+    try:
+        code = app(args=args, prog_name="edge-toolchain", standalone_mode=False)
+    except ClickException as e:  # usage errors: typer's own display, exit 2
+        _show_usage_error(e)
         return e.exit_code
+    except Abort as e:  # click turns an EOFError from a command into Abort, as if Ctrl-D was pressed
+        return _report_unexpected(e.__cause__ or e)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except KeyboardInterrupt:
-        err.print("interrupted")
-        return 130
-    return 0
+        return _report_interrupt()
+    except Exception as e:
+        return _report_unexpected(e)
+    if interrupted():  # a Ctrl-C that TensorFlow swallowed: the run did not finish as asked
+        return _report_interrupt()
+    return code if isinstance(code, int) else 0
+
+
+def _show_usage_error(error: Exception) -> None:
+    try:
+        from typer import rich_utils
+
+        rich_utils.rich_format_error(error)
+    except ImportError:
+        error.show()
+
+
+def _report_interrupt() -> int:
+    err.print("interrupted (Ctrl-C): stopped; no partial output was kept")
+    return 130
+
+
+def _report_unexpected(error: BaseException) -> int:
+    """ToolchainError as is; OS errors mapped to their class; anything else is a bug (exit 1)."""
+    from .fileio import os_error, symlink_loop_error
+
+    known: ToolchainError | None = None
+    if isinstance(error, ToolchainError):
+        known = error
+    elif isinstance(error, OSError):
+        known = os_error(error)
+    elif isinstance(error, RuntimeError):
+        known = symlink_loop_error(error)
+    if STATE["debug"]:
+        import traceback
+
+        traceback.print_exception(error)
+    err.print("[bold red]error:[/] ", end="")
+    if known is None:
+        reason = (str(error).strip().splitlines() or [""])[0][:300]
+        err.print(f"internal error: {type(error).__name__}: {reason}; re-run with --debug and report the "
+                  "traceback", highlight=False, soft_wrap=True, markup=False)
+        return 1
+    err.print(str(known), highlight=False, soft_wrap=True, markup=False)
+    return known.exit_code
 
 
 if __name__ == "__main__":

@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from .errors import InputError, StageError, ToolchainError
+from .interrupt import raise_if_interrupted
+
+# errno values that mean a path the user gave is wrong (bad input), not that a stage failed
+_BAD_PATH_ERRNOS = {
+    errno.ENOENT: "does not exist",
+    errno.ENOTDIR: "a part of it is not a folder",
+    errno.EISDIR: "is a folder, not a file",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.EEXIST: "already exists",
+}
+MAX_SHOWN_PATH = 200  # characters of a path echoed in an error line
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -48,10 +65,15 @@ def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        raise_if_interrupted()  # a Ctrl-C swallowed during the work must not publish its result
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise os_error(e, path) from e
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -88,3 +110,51 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+# ---- operating-system errors as one-line errors ------------------------------------------
+
+def shown_path(path: Any) -> str:
+    """A path for an error line: a 10 MB name is cut, not echoed whole."""
+    text = os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else str(path)
+    return text if len(text) <= MAX_SHOWN_PATH else f"{text[:MAX_SHOWN_PATH]}... ({len(text):,} characters)"
+
+
+def free_space(path: str | os.PathLike) -> str:
+    """Free space on the file system holding `path` (or its nearest existing folder)."""
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "unknown free space"
+    return f"{free / 2**20:,.1f} MiB free"
+
+
+def os_error(error: OSError, path: str | os.PathLike | None = None) -> ToolchainError:
+    """The ToolchainError for an OSError: full disk is a stage failure (exit 4), a bad path bad input (2)."""
+    where = path if path is not None else (error.filename or "")
+    shown = shown_path(where) if where != "" else "(unnamed file)"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StageError(f"no space left on the device writing {shown} ({free_space(where or '.')}); "
+                          "free some space or write the run elsewhere (--out)")
+    if error.errno == errno.ENAMETOOLONG:
+        longest = max((len(part) for part in Path(os.fsdecode(where)).parts), default=0)
+        return InputError(f"file name too long: {shown} (a part has {longest} characters; file systems allow "
+                          "255 bytes per name and 4096 per path); use a shorter name")
+    if error.errno == errno.ELOOP:
+        return InputError(f"{shown}: symbolic link loop (too many levels of links); point it at a real path")
+    if error.errno in _BAD_PATH_ERRNOS:
+        return InputError(f"{shown}: {_BAD_PATH_ERRNOS[error.errno]} ({error.strerror})")
+    name = errno.errorcode.get(error.errno or 0, "no errno")
+    return StageError(f"{shown}: {error.strerror or error} ({name}); check the disk and the path")
+
+
+def symlink_loop_error(error: RuntimeError) -> InputError | None:
+    """Python 3.11's Path.resolve() reports a symlink loop as RuntimeError, not OSError(ELOOP)."""
+    message = str(error)
+    if not message.startswith("Symlink loop"):
+        return None
+    looped = message.removeprefix("Symlink loop from ").strip("'")
+    return InputError(f"{shown_path(looped)}: symbolic link loop; point it at a real path")

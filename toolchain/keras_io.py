@@ -70,6 +70,14 @@ def read_model_config(path: Path) -> dict:
     )
 
 
+# Bounds checked on a .keras zip before anything is decompressed (a 1 MB zip can declare a
+# 1 GiB config.json, and reading it took 2.7 GB of memory).
+MAX_CONFIG_BYTES = 64 * 2**20  # config.json of the largest keras.applications model is under 1 MiB
+BOMB_FLOOR_BYTES = 256 * 2**20  # members above this size ...
+MAX_EXPANSION = 100  # ... may not expand more than this (weights barely compress; Keras uses the same)
+MAX_DEFLATE_RATIO = 1032  # DEFLATE's ceiling: a member declaring more is lying about its size
+
+
 def _read_keras_archive_config(path: Path) -> dict:
     try:
         with zipfile.ZipFile(path) as archive:
@@ -77,16 +85,42 @@ def _read_keras_archive_config(path: Path) -> dict:
             if "config.json" not in names:
                 raise ModelLoadError(
                     f"{path}: this zip file is not a Keras model (no config.json inside; "
-                    f"it holds {', '.join(names[:5]) or 'nothing'})"
+                    f"it holds {', '.join(repr(n[:80]) for n in names[:5]) or 'nothing'})"
                 )
-            return json.loads(archive.read("config.json"))
+            check_archive_sizes(path, archive)
+            with archive.open("config.json") as member:  # reads at most the checked declared size
+                return json.loads(member.read())
     except zipfile.BadZipFile as e:
         raise ModelLoadError(
             f"{path}: not a valid .keras file (not a zip archive, or truncated); "
             "re-save the model with model.save('model.keras')"
         ) from e
-    except (json.JSONDecodeError, UnicodeDecodeError, zipfile.LargeZipFile, OSError) as e:
-        raise ModelLoadError(f"{path}: corrupt .keras file: unreadable config.json ({e})") from e
+    except (json.JSONDecodeError, UnicodeDecodeError, zipfile.LargeZipFile, OSError, EOFError,
+            RecursionError) as e:
+        raise ModelLoadError(f"{path}: corrupt .keras file: unreadable config.json ({type(e).__name__}: "
+                             f"{str(e)[:200]})") from e
+
+
+def check_archive_sizes(path: Path, archive: zipfile.ZipFile) -> None:
+    """Every member's declared sizes against the file and against what compression can do."""
+    file_bytes = path.stat().st_size
+    for info in archive.infolist():
+        name = repr(info.filename[:80])
+        if info.header_offset + info.compress_size > file_bytes:
+            raise ModelLoadError(f"{path}: corrupt .keras file: member {name} claims {info.compress_size:,} "
+                                 f"bytes past the end of the {file_bytes:,}-byte file; re-save the model")
+        stored_lie = info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size
+        if stored_lie or info.file_size > MAX_DEFLATE_RATIO * info.compress_size + 1024:
+            raise ModelLoadError(f"{path}: corrupt .keras file: member {name} declares {info.file_size:,} "
+                                 f"bytes from {info.compress_size:,} stored; the zip header lies about sizes")
+        if info.file_size > BOMB_FLOOR_BYTES and info.file_size > MAX_EXPANSION * info.compress_size:
+            raise ModelLoadError(f"{path}: refusing a decompression bomb: member {name} inflates "
+                                 f"{info.compress_size:,} bytes to {info.file_size:,}")
+    config_bytes = archive.getinfo("config.json").file_size
+    if config_bytes > MAX_CONFIG_BYTES:
+        raise ModelLoadError(f"{path}: refusing a config.json of {config_bytes:,} bytes (over "
+                             f"{MAX_CONFIG_BYTES // 2**20} MiB; a real model's config is under 1 MiB): "
+                             "a decompression bomb, or not a Keras model")
 
 
 def _read_h5_config(path: Path) -> dict:
