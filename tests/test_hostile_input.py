@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -65,7 +66,8 @@ def test_keras_member_bomb_is_refused(tmp_path, capsys):
         archive.writestr("config.json", "{}")
         stream_member(archive, "model.weights.h5", 257 * 2**20, b"\0")
     assert main(["inspect", str(path)]) == 2
-    assert "refusing a decompression bomb: member 'model.weights.h5' inflates" in one_line_error(capsys)
+    err = one_line_error(capsys)
+    assert "corrupt .keras file: member 'model.weights.h5' is a decompression bomb: it inflates" in err
 
 
 @pytest.mark.parametrize("member,sizes,message", [
@@ -81,3 +83,76 @@ def test_keras_zip_whose_header_lies_about_sizes(member, sizes, message, small_c
         assert f"{path}: corrupt .keras file: member '{member}' {message}" in " ".join(err.split())
         assert "Aborted" not in err
     assert not (tmp_path / "m.tflite").exists()
+
+
+# ---- data files ----------------------------------------------------------------------------
+
+def npy_header(shape: tuple[int, ...], dtype: str = "<f4") -> bytes:
+    """A .npy header declaring `shape` (no data follows unless the caller adds it)."""
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height RGB pixels and holds none: PIL reads only the header."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def run_demo(pipeline: Path, tmp_path: Path, capsys, *extra: str) -> tuple[int, str]:
+    out = tmp_path / "fresh-run"
+    code = main(["run", str(pipeline), "--out", str(out), "--quiet", *extra])
+    err = one_line_error(capsys)
+    assert code == 0 or not out.exists(), "a refused input left a run directory behind"
+    return code, err
+
+
+def test_npz_whose_header_declares_64_gib(pipeline_copy, tmp_path, capsys):
+    with zipfile.ZipFile(pipeline_copy.parent / "digits_eval.npz", "w") as archive:
+        archive.writestr("image.npy", npy_header((2**28, 8, 8, 1)))
+        archive.writestr("y.npy", npy_header((4,), "<i8") + bytes(32))
+    code, err = run_demo(pipeline_copy, tmp_path, capsys)
+    assert code == 2
+    assert ("digits_eval.npz: array 'image.npy' declares shape (268435456, 8, 8, 1) (68,719,476,736 bytes of "
+            "float32) but holds 0 bytes; the file is truncated or its header lies") in err
+
+
+def test_npy_larger_than_memory_is_refused_before_reading(tmp_path, capsys, small_cnn_file):
+    from toolchain.fileio import available_memory
+
+    path = tmp_path / "huge.npy"
+    header = npy_header((2**32, 16, 16, 3))  # 12 TiB of float32, a sparse file: no disk is used
+    with open(path, "wb") as f:
+        f.write(header)
+        f.truncate(len(header) + 2**32 * 16 * 16 * 3 * 4)
+    assert (available_memory() or 0) < 2**43
+    code = main(["export", str(small_cnn_file), "-o", str(tmp_path / "m.tflite"), "--recipe", "int8",
+                 "--data", str(path)])
+    assert code == 2
+    assert f"{path}: its arrays need 12,288.0 GiB of memory but" in one_line_error(capsys)
+    assert not (tmp_path / "m.tflite").exists()
+
+
+@pytest.mark.parametrize("width,message", [
+    (10_000, "10000x10000 pixels is over the 89,478,485-pixel limit"),  # PIL only warns at 1-2x its limit
+    (20_000, "Image size (400000000 pixels) exceeds limit"),  # PIL refuses over 2x
+])
+def test_decompression_bomb_png_in_an_image_folder(width, message, pipeline_copy, tmp_path, capsys):
+    folder = pipeline_copy.parent / "images" / "zero"
+    folder.mkdir(parents=True)
+    (folder / "bomb.png").write_bytes(png_header(width, width))
+    text = pipeline_copy.read_text().replace('eval = "digits_eval.npz"', 'eval = "images"')
+    pipeline_copy.write_text(text + '\n[data.preprocess]\ncolor = "grayscale"\n')
+    code, err = run_demo(pipeline_copy, tmp_path, capsys)
+    assert code == 2
+    assert f"{folder / 'bomb.png'}: refusing a decompression bomb" in err and message in err

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError
+from .fileio import available_memory, zip_size_problem
 
 
 @dataclass
@@ -64,6 +65,7 @@ def load_npz(
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
+    check_array_sizes(path)
     try:
         loaded = np.load(path, allow_pickle=False)
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
@@ -112,6 +114,53 @@ def load_npz(
     if len(dataset) == 0:
         raise DataError(f"{path}: holds no samples")
     return dataset
+
+
+def check_array_sizes(path: Path) -> None:
+    """What each array's header declares, against the file and free memory, before numpy allocates it.
+
+    A 1 KB .npz whose header declares a 64 GiB array made numpy fail with _ArrayMemoryError.
+    """
+    try:
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04"
+        if is_zip:
+            with zipfile.ZipFile(path) as archive:
+                problem = zip_size_problem(path, archive)
+                if problem:
+                    raise DataError(f"{path}: corrupt .npz file: {problem}")
+                declared = 0
+                for info in archive.infolist():
+                    if info.filename.endswith(".npy"):
+                        with archive.open(info) as handle:
+                            declared += _declared_bytes(path, info.filename, handle, info.file_size)
+        else:
+            with open(path, "rb") as handle:
+                declared = _declared_bytes(path, path.name, handle, path.stat().st_size)
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(f"{path}: not a readable .npz/.npy file ({type(e).__name__}: {str(e)[:200]})") from e
+    available = available_memory()
+    if available is not None and declared > available:
+        raise DataError(f"{path}: its arrays need {declared / 2**30:,.1f} GiB of memory but "
+                        f"{available / 2**30:,.1f} GiB is available; use a smaller file (fewer samples)")
+
+
+def _declared_bytes(path: Path, name: str, handle: Any, stored_bytes: int) -> int:
+    """Bytes the .npy header at `handle` declares; refused when more than the member holds."""
+    version = np.lib.format.read_magic(handle)
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    shape, _, dtype = read_header(handle)
+    header_bytes = handle.tell()
+    count = 1
+    for size in shape:
+        count *= int(size)
+    declared = count * dtype.itemsize
+    if header_bytes + declared > stored_bytes:
+        raise DataError(f"{path}: array {name[:80]!r} declares shape {shape} ({declared:,} bytes of "
+                        f"{dtype}) but holds {max(0, stored_bytes - header_bytes):,} bytes; the file is "
+                        "truncated or its header lies")
+    return declared
 
 
 def check_array(array: np.ndarray, spec: Any, what: str) -> np.ndarray:
@@ -211,8 +260,6 @@ def load_image_folder(
             f"{folder}: color = '{preprocess.color}' gives {want_channels} channel(s) but input "
             f"'{spec.name}' takes {channels}; set [data.preprocess] color"
         )
-    from PIL import Image, UnidentifiedImageError
-
     mean = np.asarray(preprocess.mean, np.float32)
     std = np.asarray(preprocess.std, np.float32)
     for name, values in (("mean", mean), ("std", std)):
@@ -220,13 +267,7 @@ def load_image_folder(
             raise DataError(f"[data.preprocess] {name} needs 1 or {want_channels} values, got {values.size}")
     images = []
     for file, _ in files:
-        try:
-            with Image.open(file) as image:
-                image = image.convert("L" if want_channels == 1 else "RGB")
-                image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-                array = np.asarray(image, np.float32)
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"{file}: not a readable image ({e})") from e
+        array = _read_image(file, "L" if want_channels == 1 else "RGB", size)
         if array.ndim == 2:
             array = array[..., None]
         images.append((array * preprocess.scale - mean) / std)
@@ -234,6 +275,27 @@ def load_image_folder(
     labels = np.asarray([label for _, label in files], np.int64) if classes else None
     notes = [f"classes (label ids in order): {', '.join(classes)}"] if classes else []
     return Dataset({spec.name: array}, labels, str(folder), notes)
+
+
+def _read_image(file: Path, mode: str, size: tuple[int, int]) -> np.ndarray:
+    """One image, converted and resized; a header declaring more pixels than PIL's limit is refused."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(file) as image:
+                if image.width * image.height > Image.MAX_IMAGE_PIXELS:
+                    raise DataError(f"{file}: refusing a decompression bomb: {image.width}x{image.height} pixels "
+                                    f"is over the {Image.MAX_IMAGE_PIXELS:,}-pixel limit; resize the image")
+                image = image.convert(mode).resize((size[1], size[0]), Image.Resampling.BILINEAR)
+                return np.asarray(image, np.float32)
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{file}: refusing a decompression bomb ({e})") from e
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{file}: not a readable image ({e})") from e
 
 
 def load_callable(source: str, input_specs: list[Any], *, limit: int | None = None) -> Dataset:

@@ -27,6 +27,10 @@ _BAD_PATH_ERRNOS = {
     errno.EEXIST: "already exists",
 }
 MAX_SHOWN_PATH = 200  # characters of a path echoed in an error line
+# Zip members (.keras models, .npz data) are checked against these before anything is inflated.
+BOMB_FLOOR_BYTES = 256 * 2**20  # members above this size ...
+MAX_EXPANSION = 100  # ... may not expand more than this (weights and data barely compress; Keras agrees)
+MAX_DEFLATE_RATIO = 1032  # DEFLATE's ceiling: a member declaring more is lying about its size
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -110,6 +114,38 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def zip_size_problem(path: Path, archive: Any) -> str | None:
+    """What is wrong with a zip's declared member sizes (checked against the file), or None."""
+    import zipfile
+
+    file_bytes = path.stat().st_size
+    for info in archive.infolist():
+        name = repr(info.filename[:80])
+        if info.header_offset + info.compress_size > file_bytes:
+            return (f"member {name} claims {info.compress_size:,} bytes past the end of the "
+                    f"{file_bytes:,}-byte file")
+        stored_lie = info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size
+        if stored_lie or info.file_size > MAX_DEFLATE_RATIO * info.compress_size + 1024:
+            return (f"member {name} declares {info.file_size:,} bytes from {info.compress_size:,} stored; "
+                    "the zip header lies about sizes")
+        if info.file_size > BOMB_FLOOR_BYTES and info.file_size > MAX_EXPANSION * info.compress_size:
+            return (f"member {name} is a decompression bomb: it inflates {info.compress_size:,} bytes "
+                    f"to {info.file_size:,}")
+    return None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable), None if unknown."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return None
 
 
 # ---- operating-system errors as one-line errors ------------------------------------------
