@@ -156,3 +156,68 @@ def test_decompression_bomb_png_in_an_image_folder(width, message, pipeline_copy
     code, err = run_demo(pipeline_copy, tmp_path, capsys)
     assert code == 2
     assert f"{folder / 'bomb.png'}: refusing a decompression bomb" in err and message in err
+
+
+# ---- module:function data sources are code ------------------------------------------------
+
+DATA_CODE = '''
+import numpy as np
+
+def endless():
+    while True:
+        yield np.zeros((10, 8, 8, 1), np.float32)
+
+def breaks_midway():
+    yield np.zeros((2, 8, 8, 1), np.float32)
+    raise OSError("dataset server went away")
+
+def text():
+    return "not batches"
+'''
+
+
+@pytest.fixture
+def code_module(tmp_path, monkeypatch):
+    import sys
+
+    (tmp_path / "hostile_batches.py").write_text(DATA_CODE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "hostile_batches"
+    sys.modules.pop("hostile_batches", None)
+
+
+def use_source(pipeline: Path, source: str, allow_code: bool) -> None:
+    text = pipeline.read_text().replace('eval = "digits_eval.npz"', f'eval = "{source}"')
+    pipeline.write_text(text.replace("[data]\n", "[data]\nallow_code = true\n" if allow_code else "[data]\n", 1))
+
+
+def test_code_data_source_needs_allow_code(pipeline_copy, tmp_path, capsys):
+    use_source(pipeline_copy, "sys:exit", allow_code=False)
+    code, err = run_demo(pipeline_copy, tmp_path, capsys)
+    assert code == 2
+    assert ("'data': eval = 'sys:exit' names a Python function: loading the data imports and runs it. "
+            "Set allow_code = true under [data] if you wrote that code") in err
+
+
+def test_code_data_source_that_exits_is_refused(pipeline_copy, tmp_path, capsys):
+    use_source(pipeline_copy, "sys:exit", allow_code=True)
+    code, err = run_demo(pipeline_copy, tmp_path, capsys)
+    assert code == 2  # was 0, with nothing done
+    assert ("data source 'sys:exit' called exit(None) instead of returning data; a data source must return "
+            "or yield batches") in err
+
+
+@pytest.mark.parametrize("function,message", [
+    ("breaks_midway", "data source 'hostile_batches:breaks_midway' raised OSError: dataset server went away"),
+    ("text", "data source 'hostile_batches:text' must return or yield batches (an iterable), got str"),
+    ("endless", "data source 'hostile_batches:endless' yielded over 100 samples without end"),
+])
+def test_code_data_source_must_return_data(function, message, code_module, monkeypatch):
+    from toolchain import data
+    from toolchain.errors import DataError
+    from toolchain.keras_io import TensorInfo
+
+    monkeypatch.setattr(data, "MAX_CALLABLE_SAMPLES", 100)  # the real cap is 1,000,000 samples
+    with pytest.raises(DataError) as caught:
+        data.load_source(f"{code_module}:{function}", [TensorInfo("image", (8, 8, 1), "float32")])
+    assert message in str(caught.value)

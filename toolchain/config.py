@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
@@ -31,6 +32,8 @@ DEFAULT_ONNX_OPSET = 17
 MAX_THREADS = 1024  # more than any board or server this toolchain targets has cores
 MAX_SECONDS = 86_400.0  # one day: no single benchmark or timeout should need longer
 MAX_RUNS = 10_000_000
+# A data source naming a Python function (module:function) instead of a file or folder.
+CALLABLE_SOURCE = r"[A-Za-z_][\w.]*:[A-Za-z_]\w*"
 # Echoed config values are cut to this many characters: a 10 MB value must not fill the terminal.
 MAX_ECHO = 80
 
@@ -85,6 +88,17 @@ class DataSection(Section):
     value_range: list[float] | None = Field(default=None, min_length=2, max_length=2)
     preprocess: PreprocessSection = Field(default_factory=PreprocessSection)
     calibration: CalibrationSection = Field(default_factory=CalibrationSection)
+    allow_code: bool = False  # module:function sources import and call Python code
+
+    @model_validator(mode="after")
+    def _code_sources_allowed(self) -> DataSection:
+        for key, source in (("eval", self.eval), ("calibration.source", self.calibration.source)):
+            if source is not None and re.fullmatch(CALLABLE_SOURCE, source) and not self.allow_code:
+                raise ValueError(
+                    f"{key} = {_shown(source)} names a Python function: loading the data imports and runs "
+                    "it. Set allow_code = true under [data] if you wrote that code"
+                )
+        return self
 
 
 class TFLiteExportSection(Section):
@@ -292,9 +306,7 @@ def resolve_paths(config: PipelineConfig, base: Path) -> PipelineConfig:
 
 def resolve_source(source: str | None, base: Path) -> str | None:
     """Data sources: 'eval' and 'module:function' stay as they are, paths become absolute."""
-    import re
-
-    if source is None or source == "eval" or re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", source):
+    if source is None or source == "eval" or re.fullmatch(CALLABLE_SOURCE, source):
         return source
     path = Path(source).expanduser()
     return str(path if path.is_absolute() else (base / path).resolve())

@@ -12,7 +12,7 @@ import importlib
 import re
 import sys
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -298,12 +298,46 @@ def _read_image(file: Path, mode: str, size: tuple[int, int]) -> np.ndarray:
         raise DataError(f"{file}: not a readable image ({e})") from e
 
 
+MAX_CALLABLE_SAMPLES = 1_000_000  # the most [data] samples allows; an endless generator stops here
+
+
 def load_callable(source: str, input_specs: list[Any], *, limit: int | None = None) -> Dataset:
     """`module:function` returning an iterable of batches.
 
     A batch is a dict {input name: array}, a bare array (single-input models), or a tuple
-    (inputs, labels). Batches are read until `limit` samples are collected.
+    (inputs, labels). Batches are read until `limit` samples are collected. The function is
+    code: config validation runs it only with [data] allow_code = true, and it must return data.
     """
+    function = _import_function(source)
+    names = [spec.name for spec in input_specs]
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    label_parts: list[np.ndarray] = []
+    count = 0
+    for number, batch in enumerate(_batches(source, function)):
+        inputs, labels = _split_batch(source, number, batch, names)
+        for spec in input_specs:
+            parts[spec.name].append(check_array(inputs[spec.name], spec, f"{source} batch {number}"))
+        if labels is not None:
+            label_parts.append(np.asarray(labels).reshape(-1))
+        count += len(parts[names[0]][-1])
+        if limit is not None and count >= limit:
+            break
+        if count > MAX_CALLABLE_SAMPLES:
+            raise DataError(f"data source '{source}' yielded over {MAX_CALLABLE_SAMPLES:,} samples without end; "
+                            "make it finite or set [data] samples")
+    if count == 0:
+        raise DataError(f"data source '{source}' yielded no samples")
+    inputs = {n: np.concatenate(p) for n, p in parts.items()}
+    labels = None
+    if label_parts:
+        if len(label_parts) != len(parts[names[0]]):
+            raise DataError(f"data source '{source}': some batches carry labels and some do not")
+        labels = np.concatenate(label_parts)
+    dataset = Dataset(inputs, labels, source)
+    return dataset.head(limit) if limit is not None else dataset
+
+
+def _import_function(source: str) -> Any:
     module_name, func_name = source.split(":")
     try:
         module = importlib.import_module(module_name)
@@ -315,52 +349,45 @@ def load_callable(source: str, input_specs: list[Any], *, limit: int | None = No
     function = getattr(module, func_name, None)
     if not callable(function):
         raise DataError(f"data source '{source}': module '{module_name}' has no function '{func_name}'")
+    return function
+
+
+def _batches(source: str, function: Any) -> Iterator[Any]:
+    """The function's batches; its exceptions, and an exit() it calls, become a DataError."""
     try:
         batches = function()
+        if not isinstance(batches, Iterable) or isinstance(batches, (dict, np.ndarray, str, bytes)):
+            raise DataError(f"data source '{source}' must return or yield batches (an iterable), "
+                            f"got {type(batches).__name__}")
+        yield from batches
+    except DataError:
+        raise
+    except SystemExit as e:  # `sys:exit` once ended the run with exit 0 and nothing done
+        raise DataError(f"data source '{source}' called exit({e.code!r}) instead of returning data; "
+                        "a data source must return or yield batches") from e
     except Exception as e:
-        raise DataError(f"data source '{source}' raised {type(e).__name__}: {e}") from e
-    if not isinstance(batches, Iterable) or isinstance(batches, (dict, np.ndarray)):
-        raise DataError(
-            f"data source '{source}' must return or yield batches (an iterable), got {type(batches).__name__}"
-        )
-    names = [spec.name for spec in input_specs]
-    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    label_parts: list[np.ndarray] = []
-    count = 0
-    for number, batch in enumerate(batches):
-        labels = None
-        if isinstance(batch, tuple) and len(batch) == 2:
-            batch, labels = batch
-        if isinstance(batch, np.ndarray) and len(names) == 1:
-            batch = {names[0]: batch}
-        if not isinstance(batch, dict):
-            raise DataError(
-                f"data source '{source}': batch {number} is a {type(batch).__name__}; yield a dict "
-                f"keyed by input name ({', '.join(names)})"
-            )
-        missing = [n for n in names if n not in batch]
-        if missing:
-            raise DataError(
-                f"data source '{source}': batch {number} has no array for input(s) {', '.join(missing)} "
-                f"(it has {', '.join(map(str, batch)) or 'none'})"
-            )
-        for spec in input_specs:
-            parts[spec.name].append(check_array(batch[spec.name], spec, f"{source} batch {number}"))
-        if labels is not None:
-            label_parts.append(np.asarray(labels).reshape(-1))
-        count += len(parts[names[0]][-1])
-        if limit is not None and count >= limit:
-            break
-    if count == 0:
-        raise DataError(f"data source '{source}' yielded no samples")
-    inputs = {n: np.concatenate(p) for n, p in parts.items()}
+        raise DataError(f"data source '{source}' raised {type(e).__name__}: {str(e)[:300]}") from e
+
+
+def _split_batch(source: str, number: int, batch: Any, names: list[str]) -> tuple[dict[str, Any], Any]:
+    """(inputs by name, labels or None) of one batch, or a DataError saying what to yield."""
     labels = None
-    if label_parts:
-        if len(label_parts) != len(parts[names[0]]):
-            raise DataError(f"data source '{source}': some batches carry labels and some do not")
-        labels = np.concatenate(label_parts)
-    dataset = Dataset(inputs, labels, source)
-    return dataset.head(limit) if limit is not None else dataset
+    if isinstance(batch, tuple) and len(batch) == 2:
+        batch, labels = batch
+    if isinstance(batch, np.ndarray) and len(names) == 1:
+        batch = {names[0]: batch}
+    if not isinstance(batch, dict):
+        raise DataError(
+            f"data source '{source}': batch {number} is a {type(batch).__name__}; yield a dict "
+            f"keyed by input name ({', '.join(names)})"
+        )
+    missing = [n for n in names if n not in batch]
+    if missing:
+        raise DataError(
+            f"data source '{source}': batch {number} has no array for input(s) {', '.join(missing)} "
+            f"(it has {', '.join(map(str, batch)) or 'none'})"
+        )
+    return batch, labels
 
 
 # ---- checks -----------------------------------------------------------------
