@@ -221,3 +221,27 @@ def test_code_data_source_must_return_data(function, message, code_module, monke
     with pytest.raises(DataError) as caught:
         data.load_source(f"{code_module}:{function}", [TensorInfo("image", (8, 8, 1), "float32")])
     assert message in str(caught.value)
+
+
+# ---- values that silently disabled a check --------------------------------------------------
+
+@pytest.mark.parametrize("label", [99, -1])
+def test_labels_outside_the_model_classes_are_refused(label, pipeline_copy, tmp_path, capsys):
+    import numpy as np
+
+    path = pipeline_copy.parent / "digits_eval.npz"
+    with np.load(path) as loaded:
+        arrays = dict(loaded)
+    arrays["y"][3] = label
+    np.savez(path, **arrays)
+    code, err = run_demo(pipeline_copy, tmp_path, capsys)
+    assert code == 2
+    assert (f"digits_eval.npz: 1 label(s) outside the 10 classes of output 'probs' (0 to 9), e.g. {label}; "
+            "check labels_key") in err
+
+
+def test_nan_value_range_is_refused(pipeline_copy, tmp_path, capsys):
+    pipeline_copy.write_text(pipeline_copy.read_text().replace("value_range = [0.0, 1.0]", "value_range = [nan, 1.0]"))
+    code, err = run_demo(pipeline_copy, tmp_path, capsys)
+    assert code == 2
+    assert "'data.value_range.0': Input should be a finite number (got nan)" in err

@@ -407,6 +407,23 @@ def check_value_range(dataset: Dataset, value_range: tuple[float, float], role: 
             )
 
 
+def check_labels(dataset: Dataset | None, output_specs: list[Any]) -> None:
+    """Accuracy compares labels with the first output's argmax: a label outside its classes never matches."""
+    if dataset is None or dataset.labels is None or not output_specs or not output_specs[0].shape:
+        return
+    classes = output_specs[0].shape[-1]
+    if classes is None or classes < 2:  # not a class-scores output
+        return
+    labels = dataset.labels
+    bad = labels[(labels < 0) | (labels >= classes)]
+    if bad.size:
+        raise DataError(
+            f"{dataset.source}: {bad.size} label(s) outside the {classes} classes of output "
+            f"'{output_specs[0].name}' (0 to {classes - 1}), e.g. {int(bad[0])}; check labels_key and "
+            "how the labels are numbered"
+        )
+
+
 def check_same_preprocessing(calibration: Dataset, evaluation: Dataset) -> None:
     """Calibration data scaled differently from evaluation data gives wrong int8 ranges."""
     for name, cal in calibration.inputs.items():

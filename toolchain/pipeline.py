@@ -27,7 +27,7 @@ from .config import (
     find_profile,
     profile_by_name_or_path,
 )
-from .data import Dataset, RunData, prepare_run_data
+from .data import Dataset, RunData, check_labels, prepare_run_data
 from .emulator.gate import gate_profile
 from .errors import TargetError, ToolchainError
 from .estimate import write_estimates
@@ -259,6 +259,7 @@ def _run_stages(
     if data is not None and truncation is not None and not truncation.keeps_labels:
         data = Dataset(data.inputs, None, data.source, [*data.notes, "labels not used: the truncated model "
                                                         "outputs features (no classes head)"])
+    check_labels(data, output_signature(model))
     manifest["data"] = run_data.record
 
     artifacts: list[tuple[Path, str, str]] = []
