@@ -245,3 +245,33 @@ def test_nan_value_range_is_refused(pipeline_copy, tmp_path, capsys):
     code, err = run_demo(pipeline_copy, tmp_path, capsys)
     assert code == 2
     assert "'data.value_range.0': Input should be a finite number (got nan)" in err
+
+
+# ---- SSH options -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("folder", ["my keys", "50% off", "tab\there"])
+def test_known_hosts_path_with_spaces_and_percent_reaches_ssh_whole(folder, ssh_server, tmp_path):
+    import shutil
+    import subprocess
+
+    from toolchain.errors import ConfigError
+    from toolchain.targets import SSHTarget
+
+    if "\t" in folder:  # a control character: refused before ssh runs
+        with pytest.raises(ConfigError, match="has a character ssh cannot take in an option value"):
+            SSHTarget(ssh_profile(ssh_server, tmp_path / folder / "known hosts")).ssh_argv("true")
+        return
+    known_hosts = tmp_path / folder / "known hosts"
+    known_hosts.parent.mkdir()
+    shutil.copy(ssh_server.known_hosts_file, known_hosts)
+    profile = ssh_profile(ssh_server, known_hosts)
+    done = subprocess.run(SSHTarget(profile).ssh_argv("echo reached"), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "reached", done.stderr
+
+
+def ssh_profile(server, known_hosts: Path):
+    from toolchain.config import TargetProfile
+
+    return TargetProfile.model_validate({"name": "test-device", "connection": {
+        "kind": "ssh", "host": server.host, "port": server.port, "user": server.user,
+        "identity": str(server.identity_file), "known_hosts": str(known_hosts)}})

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TargetProfile
-from ..errors import TargetError
+from ..errors import ConfigError, TargetError
 from ..fileio import sha256_bytes
 from .local import RUNNER_PATH, parse_runner_output, stderr_tail
 
@@ -97,7 +97,7 @@ class SSHTarget:
             "-o", "LogLevel=ERROR",
         ]
         if c.known_hosts is not None:
-            argv += ["-o", f"UserKnownHostsFile={c.known_hosts}"]
+            argv += ["-o", f"UserKnownHostsFile={self._option_path(c.known_hosts)}"]
         if c.identity is not None:
             argv += ["-i", str(c.identity), "-o", "IdentitiesOnly=yes"]
         if c.port is not None:
@@ -107,6 +107,17 @@ class SSHTarget:
         remote = " ".join(shlex.quote(word) for word in ("sh", "-c", script, "sh", *args))
         argv += ["--", str(c.host), remote]
         return argv
+
+    def _option_path(self, path: Path) -> str:
+        """A path as one `-o` option value: ssh splits values at spaces and expands % and ${...}."""
+        text = str(path)
+        if any(c in text for c in '"\\') or "${" in text or not text.isprintable():
+            raise ConfigError(
+                f"target '{self.profile.name}': known_hosts path {text[:200]!r} has a character ssh cannot "
+                "take in an option value (a double quote, backslash, '${' or a control character); "
+                "rename or move the file"
+            )
+        return '"' + text.replace("%", "%%") + '"'
 
     @property
     def where(self) -> str:
