@@ -275,3 +275,56 @@ def ssh_profile(server, known_hosts: Path):
     return TargetProfile.model_validate({"name": "test-device", "connection": {
         "kind": "ssh", "host": server.host, "port": server.port, "user": server.user,
         "identity": str(server.identity_file), "known_hosts": str(known_hosts)}})
+
+
+# ---- a full disk --------------------------------------------------------------------------------
+
+SMALL_PIPELINE = """
+[model]
+path = "{inputs}/digits_cnn.keras"
+name = "digits"
+
+[data]
+eval = "{inputs}/digits_eval.npz"
+samples = 50
+
+[export]
+formats = ["tflite"]
+
+[bench]
+enabled = false
+"""
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs: room for a manifest, not for a model (needs root, as in this project's CI)."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_full_disk_is_a_stage_error_with_a_failed_manifest(small_disk, demo_inputs, tmp_path, capsys):
+    import json
+
+    pipeline = tmp_path / "pipeline.toml"
+    pipeline.write_text(SMALL_PIPELINE.format(inputs=demo_inputs))
+    out = small_disk / "run"
+    assert main(["run", str(pipeline), "--out", str(out), "--quiet"]) == 4
+    err = one_line_error(capsys)
+    expected = f"no space left on the device writing {out / 'artifacts' / 'digits.fp32.tflite'} ("
+    assert expected in err and "bytes free); free some space or write the run elsewhere (--out)" in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["error"].startswith("no space left on the device")
+    assert manifest["artifacts"] == []
+    leftovers = [p.name for p in out.rglob("*") if p.name.startswith(".") and p.name != ".lock"]
+    assert leftovers == [] and list((out / "artifacts").iterdir()) == []

@@ -165,7 +165,7 @@ def free_space(path: str | os.PathLike) -> str:
         free = shutil.disk_usage(folder).free
     except OSError:
         return "unknown free space"
-    return f"{free / 2**20:,.1f} MiB free"
+    return f"{free:,} bytes free" if free < 2**20 else f"{free / 2**20:,.1f} MiB free"
 
 
 def os_error(error: OSError, path: str | os.PathLike | None = None) -> ToolchainError:

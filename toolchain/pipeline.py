@@ -31,7 +31,7 @@ from .data import Dataset, RunData, check_labels, prepare_run_data
 from .emulator.gate import gate_profile
 from .errors import TargetError, ToolchainError
 from .estimate import write_estimates
-from .fileio import atomic_write_json, sha256_file
+from .fileio import atomic_write_json, os_error, sha256_file
 from .keras_io import input_signature, load_model, output_signature, run_keras
 from .manifest import bench_summary, new_manifest, write_manifest
 from .preflight import check_reachable
@@ -200,15 +200,19 @@ def run_pipeline(
         manifest = new_manifest(raw_config, config_sha256(raw_config), source)
         try:
             result = _run_stages(config, model, run_dir, manifest, log, ctx)
-        except ToolchainError as e:
+        except (ToolchainError, OSError) as e:
             if not lock.held:  # failed validating inputs: nothing was written
                 raise
+            error = e if isinstance(e, ToolchainError) else os_error(e)  # a full disk is a stage error
             # the manifest lists only what this run completed, so it always matches the files
             manifest["status"] = "failed"
-            manifest["error"] = str(e)
+            manifest["error"] = str(error)
             manifest["stages"] = log.records
-            write_manifest(run_dir, manifest)
-            raise
+            with contextlib.suppress(ToolchainError, OSError):  # a full disk may refuse it too
+                write_manifest(run_dir, manifest)
+            if error is e:
+                raise
+            raise error from e
         if key is not None:
             store_run(ctx.cache, key, result.manifest)
     finally:
