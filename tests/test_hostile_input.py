@@ -173,6 +173,18 @@ def breaks_midway():
 
 def text():
     return "not batches"
+
+class _Interrupts:
+    def __del__(self):  # Ctrl-C delivered while Python runs a __del__, as inside TensorFlow's converter
+        import signal
+        signal.raise_signal(signal.SIGINT)
+
+def interrupted_digits():
+    import os
+    with np.load(os.environ["DIGITS_EVAL"]) as data:
+        batch = (data["image"][:50], data["y"][:50])
+    _Interrupts()  # dropped at once: its __del__ runs here and the KeyboardInterrupt is swallowed
+    yield batch
 '''
 
 
@@ -328,3 +340,50 @@ def test_full_disk_is_a_stage_error_with_a_failed_manifest(small_disk, demo_inpu
     assert manifest["artifacts"] == []
     leftovers = [p.name for p in out.rglob("*") if p.name.startswith(".") and p.name != ".lock"]
     assert leftovers == [] and list((out / "artifacts").iterdir()) == []
+
+
+# ---- Ctrl-C ----------------------------------------------------------------------------------
+
+def test_ctrl_c_swallowed_by_a_del_still_stops_the_run(pipeline_copy, code_module, tmp_path, capsys,
+                                                       monkeypatch):
+    """The KeyboardInterrupt lands in a __del__ (printed as "Exception ignored", then lost)."""
+    monkeypatch.setenv("DIGITS_EVAL", str(pipeline_copy.parent / "digits_eval.npz"))
+    use_source(pipeline_copy, f"{code_module}:interrupted_digits", allow_code=True)
+    text = pipeline_copy.read_text().replace('formats = ["tflite", "onnx"]', 'formats = ["tflite"]')
+    pipeline_copy.write_text(text.replace('recipes = ["fp32", "fp16", "dynamic", "int8", "int8-float-io", "int16x8"]',
+                                          'recipes = ["fp32"]'))
+    out = tmp_path / "run"
+    code = main(["run", str(pipeline_copy), "--out", str(out), "--quiet"])
+    err = one_line_error(capsys)
+    assert code == 130, err  # was 0: the run went on as if nothing happened
+    assert "interrupted (Ctrl-C): stopped; no partial output was kept" in err
+    assert "Exception ignored" not in err
+    assert not list(out.glob("artifacts/*")), "an artifact was published after Ctrl-C"
+    assert [p.name for p in out.rglob(".*") if p.name != ".lock"] == []
+
+
+@pytest.mark.heavy
+def test_ctrl_c_during_tflite_conversion_exits_130_without_temp_files(small_cnn_file, tmp_path):
+    """A real SIGINT to a real process, sent as TensorFlow starts the conversion."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    scratch, out = tmp_path / "tmp", tmp_path / "out"
+    scratch.mkdir()
+    out.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch), "PYTHONPATH": str(Path(__file__).parent.parent)}
+    process = subprocess.Popen([sys.executable, "-m", "toolchain", "export", str(small_cnn_file),
+                                "-o", str(out / "m.tflite")], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    while process.poll() is None and not any(scratch.glob("edge-toolchain-savedmodel-*")):
+        time.sleep(0.01)
+    time.sleep(0.3)  # inside the converter: where the interrupt used to be swallowed
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    err = err.decode()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "Exception ignored" not in err
+    assert list(out.iterdir()) == [] and list(scratch.iterdir()) == []

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 _STATE = {"interrupted": False}
 
@@ -30,10 +32,19 @@ def sigint_recorded() -> Iterator[None]:
         yield
         return
     previous = signal.signal(signal.SIGINT, _on_sigint)
+    previous_hook = sys.unraisablehook
+
+    def quiet_swallowed_interrupt(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt) and _STATE["interrupted"]:
+            return  # recorded: raised again at the next write, not printed as a traceback
+        previous_hook(unraisable)
+
+    sys.unraisablehook = quiet_swallowed_interrupt
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = previous_hook
 
 
 def interrupted() -> bool:
