@@ -63,26 +63,7 @@ def load_npz(
     input model also accepts the array under the key 'x'.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}")
-    check_array_sizes(path)
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"{path}: not a readable .npz/.npy file ({e})") from e
-    if isinstance(loaded, np.ndarray):
-        if len(input_specs) != 1:
-            raise DataError(
-                f"{path}: a .npy file holds one array but the model has {len(input_specs)} "
-                "inputs; use an .npz keyed by input name"
-            )
-        arrays = {input_specs[0].name: loaded}
-    else:
-        try:
-            arrays = {k: loaded[k] for k in loaded.files}
-        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-            raise DataError(f"{path}: corrupt .npz file ({e})") from e
-
+    arrays = _read_arrays(path, input_specs)
     inputs: dict[str, np.ndarray] = {}
     for spec in input_specs:
         key = spec.name if spec.name in arrays else ("x" if len(input_specs) == 1 else None)
@@ -97,23 +78,48 @@ def load_npz(
         raise DataError(f"{path}: inputs have different sample counts: {counts}")
     labels = None
     if labels_key and labels_key in arrays:
-        labels = np.asarray(arrays[labels_key])
-        if labels.ndim == 2 and labels.shape[1] > 1:
-            labels = labels.argmax(axis=1)
-        labels = labels.reshape(-1)
-        if len(labels) != next(iter(counts.values())):
-            raise DataError(
-                f"{path}: {len(labels)} labels under '{labels_key}' for "
-                f"{next(iter(counts.values()))} samples"
-            )
-        if labels.dtype.kind not in "iu":
-            raise DataError(f"{path}: labels '{labels_key}' must be integer class ids, got {labels.dtype}")
+        labels = _class_ids(path, arrays[labels_key], labels_key, next(iter(counts.values())))
     dataset = Dataset(inputs, labels, str(path))
     if limit is not None:
         dataset = dataset.head(limit)
     if len(dataset) == 0:
         raise DataError(f"{path}: holds no samples")
     return dataset
+
+
+def _read_arrays(path: Path, input_specs: list[Any]) -> dict[str, np.ndarray]:
+    """Every array of an .npz by key (a .npy: its one array under the only input's name)."""
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    check_array_sizes(path)
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(f"{path}: not a readable .npz/.npy file ({e})") from e
+    if isinstance(loaded, np.ndarray):
+        if len(input_specs) != 1:
+            raise DataError(
+                f"{path}: a .npy file holds one array but the model has {len(input_specs)} "
+                "inputs; use an .npz keyed by input name"
+            )
+        return {input_specs[0].name: loaded}
+    try:
+        return {k: loaded[k] for k in loaded.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(f"{path}: corrupt .npz file ({e})") from e
+
+
+def _class_ids(path: Path, array: np.ndarray, labels_key: str, samples: int) -> np.ndarray:
+    """Labels as one integer class id per sample (one-hot rows become their argmax)."""
+    labels = np.asarray(array)
+    if labels.ndim == 2 and labels.shape[1] > 1:
+        labels = labels.argmax(axis=1)
+    labels = labels.reshape(-1)
+    if len(labels) != samples:
+        raise DataError(f"{path}: {len(labels)} labels under '{labels_key}' for {samples} samples")
+    if labels.dtype.kind not in "iu":
+        raise DataError(f"{path}: labels '{labels_key}' must be integer class ids, got {labels.dtype}")
+    return labels
 
 
 def check_array_sizes(path: Path) -> None:
@@ -227,39 +233,9 @@ def load_image_folder(
     folder: Path, input_specs: list[Any], preprocess: Preprocess, *, limit: int | None = None
 ) -> Dataset:
     """PNG/JPEG files; one sub-folder per class gives labels (class ids in sorted name order)."""
-    if len(input_specs) != 1:
-        raise DataError(
-            f"{folder}: an image folder feeds one input but the model has {len(input_specs)}; "
-            "use an .npz keyed by input name or a module:function source"
-        )
-    spec = input_specs[0]
-    if len(spec.shape) != 3:
-        raise DataError(
-            f"{folder}: input '{spec.name}' has shape {spec.shape}, not (height, width, channels); "
-            "an image folder cannot feed it"
-        )
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    if classes:
-        files = [(f, i) for i, c in enumerate(classes) for f in sorted((folder / c).iterdir())
-                 if f.suffix.lower() in IMAGE_SUFFIXES]
-    else:
-        files = [(f, -1) for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
-    if not files:
-        raise DataError(f"{folder}: no .png/.jpg/.jpeg images found (directly or in class sub-folders)")
-    if limit is not None and len(files) > limit:
-        # take evenly across the sorted list so every class is represented
-        picks = np.linspace(0, len(files) - 1, limit).round().astype(int)
-        files = [files[i] for i in picks]
-    height, width, channels = spec.shape
-    size = preprocess.size or (height, width)
-    if None in size:
-        raise DataError(f"{folder}: input '{spec.name}' has no fixed size; set [data.preprocess] size")
-    want_channels = 1 if preprocess.color == "grayscale" else 3
-    if channels is not None and channels != want_channels:
-        raise DataError(
-            f"{folder}: color = '{preprocess.color}' gives {want_channels} channel(s) but input "
-            f"'{spec.name}' takes {channels}; set [data.preprocess] color"
-        )
+    spec = _image_input(folder, input_specs)
+    files, classes = _image_files(folder, limit)
+    size, want_channels = _image_size(folder, spec, preprocess)
     mean = np.asarray(preprocess.mean, np.float32)
     std = np.asarray(preprocess.std, np.float32)
     for name, values in (("mean", mean), ("std", std)):
@@ -275,6 +251,54 @@ def load_image_folder(
     labels = np.asarray([label for _, label in files], np.int64) if classes else None
     notes = [f"classes (label ids in order): {', '.join(classes)}"] if classes else []
     return Dataset({spec.name: array}, labels, str(folder), notes)
+
+
+def _image_input(folder: Path, input_specs: list[Any]) -> Any:
+    """The one (height, width, channels) input an image folder can feed."""
+    if len(input_specs) != 1:
+        raise DataError(
+            f"{folder}: an image folder feeds one input but the model has {len(input_specs)}; "
+            "use an .npz keyed by input name or a module:function source"
+        )
+    spec = input_specs[0]
+    if len(spec.shape) != 3:
+        raise DataError(
+            f"{folder}: input '{spec.name}' has shape {spec.shape}, not (height, width, channels); "
+            "an image folder cannot feed it"
+        )
+    return spec
+
+
+def _image_size(folder: Path, spec: Any, preprocess: Preprocess) -> tuple[tuple[int, int], int]:
+    """(height, width) images are resized to, and the channels their colour mode gives."""
+    height, width, channels = spec.shape
+    size = preprocess.size or (height, width)
+    if None in size:
+        raise DataError(f"{folder}: input '{spec.name}' has no fixed size; set [data.preprocess] size")
+    want_channels = 1 if preprocess.color == "grayscale" else 3
+    if channels is not None and channels != want_channels:
+        raise DataError(
+            f"{folder}: color = '{preprocess.color}' gives {want_channels} channel(s) but input "
+            f"'{spec.name}' takes {channels}; set [data.preprocess] color"
+        )
+    return size, want_channels
+
+
+def _image_files(folder: Path, limit: int | None) -> tuple[list[tuple[Path, int]], list[str]]:
+    """(image file, class id or -1) in sorted order, `limit` of them spread evenly; the class names."""
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if classes:
+        files = [(f, i) for i, c in enumerate(classes) for f in sorted((folder / c).iterdir())
+                 if f.suffix.lower() in IMAGE_SUFFIXES]
+    else:
+        files = [(f, -1) for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise DataError(f"{folder}: no .png/.jpg/.jpeg images found (directly or in class sub-folders)")
+    if limit is not None and len(files) > limit:
+        # take evenly across the sorted list so every class is represented
+        picks = np.linspace(0, len(files) - 1, limit).round().astype(int)
+        files = [files[i] for i in picks]
+    return files, classes
 
 
 def _read_image(file: Path, mode: str, size: tuple[int, int]) -> np.ndarray:
@@ -518,7 +542,6 @@ def prepare_run_data(data_config: Any, input_specs: list[Any], *, needs_calibrat
 
     `data_config` is config.DataSection. Every check runs before any conversion.
     """
-    cal_config = data_config.calibration
     preprocess = Preprocess(
         tuple(data_config.preprocess.size) if data_config.preprocess.size else None,
         data_config.preprocess.color, data_config.preprocess.scale,
@@ -532,51 +555,60 @@ def prepare_run_data(data_config: Any, input_specs: list[Any], *, needs_calibrat
         return load_source(source, input_specs, labels_key=data_config.labels_key,
                            preprocess=preprocess, limit=limit)
 
-    record: dict[str, Any] = {"calibration": None, "evaluation": None, "split": None}
-    evaluation = load(data_config.eval, data_config.samples) if data_config.eval else None
-    calibration = None
-    if cal_config.source == "eval":
-        if data_config.eval is None:
-            raise DataError("[data.calibration] source = \"eval\" needs [data] eval to be set")
-        whole = load(data_config.eval, None)
-        calibration, evaluation, record["split"] = split_shared(
-            whole, cal_config.fraction, cal_config.seed, cal_config.samples, data_config.samples)
-    elif cal_config.source is not None:
-        if data_config.eval is not None and Path(cal_config.source) == Path(data_config.eval):
-            raise DataError(
-                f"[data.calibration] source is the eval source {data_config.eval}; set source = \"eval\" "
-                "to split it deterministically into disjoint calibration and evaluation sets"
-            )
-        calibration = load(cal_config.source, cal_config.samples)
-    elif needs_calibration:
-        if not cal_config.allow_random:
-            raise DataError(
-                "quantized recipes need calibration data: set [data.calibration] source (an .npz, an "
-                "image folder, module:function, or \"eval\"); random data gives meaningless int8 "
-                "ranges and is refused unless allow_random = true"
-            )
-        calibration = random_calibration(input_specs, cal_config.samples, value_range, cal_config.seed)
-        print(f"WARNING: {RANDOM_WARNING}", file=sys.stderr)
-
+    calibration, evaluation, split = _calibration_and_evaluation(data_config, input_specs, load,
+                                                                 needs_calibration, value_range)
     for role, dataset in (("calibration", calibration), ("evaluation", evaluation)):
         if dataset is not None and value_range and dataset.source != "random":
             check_value_range(dataset, value_range, role)
     if calibration is not None and evaluation is not None and calibration.source != "random":
         check_same_preprocessing(calibration, evaluation)
         check_disjoint(calibration, evaluation)
-    for role, dataset in (("calibration", calibration), ("evaluation", evaluation)):
-        if dataset is not None:
-            record[role] = {
-                "source": dataset.source,
-                "samples": len(dataset),
-                "labelled": dataset.labels is not None,
-                "random": dataset.source == "random",
-                "range": {n: [float(a.min()), float(a.max())] for n, a in dataset.inputs.items()
-                          if a.size},
-            }
+    record: dict[str, Any] = {"calibration": _data_record(calibration), "evaluation": _data_record(evaluation),
+                              "split": split}
     if calibration is not None and calibration.source == "random":
         record["warning"] = RANDOM_WARNING
     return RunData(calibration, evaluation, record)
+
+
+def _calibration_and_evaluation(data_config: Any, input_specs: list[Any], load: Any, needs_calibration: bool,
+                                value_range: tuple | None) -> tuple[Dataset | None, Dataset | None, Any]:
+    """(calibration, evaluation, split record): a shared source split, separate sources, or random."""
+    cal_config = data_config.calibration
+    evaluation = load(data_config.eval, data_config.samples) if data_config.eval else None
+    if cal_config.source == "eval":
+        if data_config.eval is None:
+            raise DataError("[data.calibration] source = \"eval\" needs [data] eval to be set")
+        whole = load(data_config.eval, None)
+        return split_shared(whole, cal_config.fraction, cal_config.seed, cal_config.samples, data_config.samples)
+    if cal_config.source is not None:
+        if data_config.eval is not None and Path(cal_config.source) == Path(data_config.eval):
+            raise DataError(
+                f"[data.calibration] source is the eval source {data_config.eval}; set source = \"eval\" "
+                "to split it deterministically into disjoint calibration and evaluation sets"
+            )
+        return load(cal_config.source, cal_config.samples), evaluation, None
+    if not needs_calibration:
+        return None, evaluation, None
+    if not cal_config.allow_random:
+        raise DataError(
+            "quantized recipes need calibration data: set [data.calibration] source (an .npz, an "
+            "image folder, module:function, or \"eval\"); random data gives meaningless int8 "
+            "ranges and is refused unless allow_random = true"
+        )
+    print(f"WARNING: {RANDOM_WARNING}", file=sys.stderr)
+    return random_calibration(input_specs, cal_config.samples, value_range, cal_config.seed), evaluation, None
+
+
+def _data_record(dataset: Dataset | None) -> dict[str, Any] | None:
+    if dataset is None:
+        return None
+    return {
+        "source": dataset.source,
+        "samples": len(dataset),
+        "labelled": dataset.labels is not None,
+        "random": dataset.source == "random",
+        "range": {n: [float(a.min()), float(a.max())] for n, a in dataset.inputs.items() if a.size},
+    }
 
 
 # ---- calibration reader (onnxruntime's CalibrationDataReader protocol) --------
