@@ -387,3 +387,53 @@ def test_ctrl_c_during_tflite_conversion_exits_130_without_temp_files(small_cnn_
     assert process.returncode == 130, err
     assert "Traceback" not in err and "Exception ignored" not in err
     assert list(out.iterdir()) == [] and list(scratch.iterdir()) == []
+
+
+# ---- names and paths the OS refuses ---------------------------------------------------------
+
+def test_out_that_is_a_symlink_loop(pipeline_copy, tmp_path, capsys):
+    loop = tmp_path / "loop"
+    loop.symlink_to(tmp_path / "loop-back")
+    (tmp_path / "loop-back").symlink_to(loop)
+    for out in (loop, loop / "run"):
+        assert main(["run", str(pipeline_copy), "--out", str(out), "--quiet"]) == 2  # was 1, RuntimeError
+        assert f"{out}: symbolic link loop; point it at a real path" in one_line_error(capsys)
+
+
+def test_file_names_longer_than_the_file_system_allows(pipeline_copy, tmp_path, capsys):
+    long_name = "m" * 300
+    assert main(["run", str(pipeline_copy), "--out", str(tmp_path / long_name), "--quiet"]) == 2
+    err = one_line_error(capsys)
+    assert f"file name too long: {tmp_path}/mmm" in err and "(a part has 300 characters" in err
+    assert main(["inspect", str(tmp_path / f"{long_name}.keras")]) == 2
+    assert "file name too long" in one_line_error(capsys)
+    text = pipeline_copy.read_text()
+    pipeline_copy.write_text(text.replace('path = "digits_cnn.keras"', f'path = "{long_name}.keras"'))
+    assert main(["run", str(pipeline_copy), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert "'model.path': 'mmmm" in one_line_error(capsys)
+
+
+def test_a_10_mb_config_value_is_not_echoed_whole(pipeline_copy, tmp_path, capsys):
+    huge = "a" * 10_000_000
+    text = pipeline_copy.read_text()
+    for old, new in (('path = "digits_cnn.keras"', f'path = "{huge}.keras"'),
+                     ("batch_size = 1", f'batch_size = "{huge}"')):
+        pipeline_copy.write_text(text.replace(old, new))
+        assert main(["run", str(pipeline_copy), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+        err = one_line_error(capsys)
+        assert len(err) < 500 and "(10,000,00" in err, err[:500]
+
+
+def test_an_unexpected_error_is_one_line_exit_1_with_the_traceback_under_debug(pipeline_copy, monkeypatch,
+                                                                                 capsys):
+    from toolchain import config
+
+    def bug(path):  # stands in for any bug: an exception that is no ToolchainError
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(config, "load_config", bug)
+    assert main(["run", str(pipeline_copy)]) == 1
+    assert ("error: internal error: ZeroDivisionError: division by zero; re-run with --debug and report the "
+            "traceback") in one_line_error(capsys)
+    assert main(["--debug", "run", str(pipeline_copy)]) == 1
+    assert "Traceback" in capsys.readouterr().err

@@ -288,6 +288,8 @@ def resolve_paths(config: PipelineConfig, base: Path) -> PipelineConfig:
         return p if p.is_absolute() else (base / p).resolve()
 
     def checked(key: str, value: Any, how: Any) -> Any:
+        if value is not None:
+            check_path_length(key, str(value))
         try:
             return how(value)
         except (ValueError, RuntimeError) as e:  # a NUL byte, '~user' of an unknown user
@@ -302,6 +304,18 @@ def resolve_paths(config: PipelineConfig, base: Path) -> PipelineConfig:
     if config.truncate is not None and config.truncate.train is not None:
         config.truncate.train.data = checked("truncate.train.data", config.truncate.train.data, resolve)
     return config
+
+
+MAX_NAME_BYTES = 255  # per file or folder name (Linux NAME_MAX, and most other file systems)
+MAX_PATH_BYTES = 4096  # a whole path (Linux PATH_MAX)
+
+
+def check_path_length(key: str, path: str) -> None:
+    """A name too long for any file system is a config error naming the key, not an OS error later."""
+    longest = max((len(part.encode("utf-8", "surrogateescape")) for part in Path(path).parts), default=0)
+    if longest > MAX_NAME_BYTES or len(path.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+        raise ConfigError(f"'{key}': {_shown(path)} is too long for a path (names up to {MAX_NAME_BYTES} "
+                          f"bytes, paths up to {MAX_PATH_BYTES}); use a shorter one")
 
 
 def resolve_source(source: str | None, base: Path) -> str | None:
