@@ -437,3 +437,20 @@ def test_an_unexpected_error_is_one_line_exit_1_with_the_traceback_under_debug(p
             "traceback") in one_line_error(capsys)
     assert main(["--debug", "run", str(pipeline_copy)]) == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("code,exit_code,message", [
+    ("ELOOP", 2, "/x/y: symbolic link loop (too many levels of links); point it at a real path"),
+    ("EACCES", 2, "/x/y: permission denied (Permission denied)"),
+    ("EIO", 4, "/x/y: Input/output error (EIO); check the disk and the path"),
+    ("EDQUOT", 4, "no space left on the device writing /x/y ("),
+])
+def test_os_errors_map_to_documented_exit_codes(code, exit_code, message):
+    import errno
+    import os
+
+    from toolchain.fileio import os_error
+
+    number = getattr(errno, code)
+    error = os_error(OSError(number, os.strerror(number), "/x/y"))
+    assert error.exit_code == exit_code and str(error).startswith(message)

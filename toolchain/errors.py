@@ -10,6 +10,10 @@ Exit codes (documented in README.md):
   6  a benchmark target failed or could not be reached
   7  a budget was exceeded
   8  the run directory is locked by another run
+130  interrupted (Ctrl-C); nothing half-written is kept
+
+Operating-system errors are mapped too (fileio.os_error): a full disk is a stage failure (4),
+a path the OS refuses (too long, a symlink loop, no permission) is bad input (2).
 """
 
 from __future__ import annotations
