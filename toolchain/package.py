@@ -458,8 +458,8 @@ class _BoundedReads(io.RawIOBase):
     tarfile reads a member's extended (pax) header in one call, so a header declaring
     gigabytes must fail here instead of allocating them."""
 
-    def __init__(self, stream: Any, limit: int):
-        self.stream, self.limit = stream, limit
+    def __init__(self, stream: Any, limit: int, path: Path):
+        self.stream, self.limit, self.path = stream, limit, path
 
     def readable(self) -> bool:
         return True
@@ -469,8 +469,8 @@ class _BoundedReads(io.RawIOBase):
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0 or size > self.limit:
-            raise BundleError(f"a tar header asks to read {size} bytes at once (limit {self.limit:,}): "
-                              "not a bundle written by `package`")
+            raise BundleError(f"{self.path}: a tar header asks to read {size or -1:,} bytes at once "
+                              f"(limit {self.limit:,}): not a bundle written by `package`")
         return self.stream.read(size)
 
     def seek(self, offset: int, whence: int = 0) -> int:
@@ -520,7 +520,6 @@ def _check_size(member: tarfile.TarInfo, relative: str, seen: BundleContents) ->
 
 
 def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, relative: str, seen: BundleContents) -> None:
-    _check_size(member, relative, seen)
     extracted = tar.extractfile(member)
     digest = hashlib.sha256()
     chunks = []
@@ -551,6 +550,8 @@ def _scan_member(tar: tarfile.TarFile, member: tarfile.TarInfo, seen: BundleCont
     if not member.isdir() and not relative:
         seen.problems.append(f"{name!r} is outside the bundle's folder")
         return
+    if member.isfile():
+        _check_size(member, relative, seen)
     problem = _member_problem(member, relative)
     if problem:
         seen.problems.append(problem)
@@ -564,7 +565,7 @@ def scan_bundle(path: Path) -> BundleContents:
     names: set[str] = set()
     tops: set[str] = set()
     try:
-        with gzip.open(path, "rb") as raw, tarfile.open(fileobj=_BoundedReads(raw, MAX_METADATA_BYTES),
+        with gzip.open(path, "rb") as raw, tarfile.open(fileobj=_BoundedReads(raw, MAX_METADATA_BYTES, path),
                                                         mode="r:") as tar:
             for count, member in enumerate(tar, start=1):
                 if count > MAX_MEMBERS:
