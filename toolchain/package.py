@@ -182,7 +182,7 @@ def _judge(artifact: dict[str, Any], profile: TargetProfile, verdict: dict[str, 
     checks = device_checks(artifact, profile)
     failed = [c for c in checks if c["verdict"] != "pass"]
     if failed:
-        return f"fails the {failed[0]['kind']} on {failed[0]['target']}: {failed[0].get('summary')}"
+        return f"fails the {failed[0]['kind'].replace('-', ' ')} on {failed[0]['target']}: {failed[0].get('summary')}"
     if verdict["passed"] or (checks and _waivable(verdict)):
         return None
     hint = (" (a run with export.targets = an emulated profile of this board gates it instead)"
@@ -249,7 +249,7 @@ def _why_chosen(artifact: dict[str, Any], profile: TargetProfile, verdict: dict[
     if not checks:
         return f"passes the budgets for {profile.name}; not benchmarked on {profile.name}; {size}"
     waived = _waivable(verdict)
-    return (f"not benchmarked on {profile.name}; accepted on the {checks[0]['kind']} "
+    return (f"not benchmarked on {profile.name}; accepted on the {checks[0]['kind'].replace('-', ' ')} "
             f"({checks[0]['target']}: {checks[0].get('summary')})"
             + (f" in place of the unmeasured budget(s) {', '.join(w.split(':')[0] for w in waived)}"
                if waived else "") + f"; {size}")
