@@ -266,3 +266,79 @@ def test_flash_works_without_gnu_sha256sum(good_files, ssh_server, tmp_path):
     result = _flash(_bundle(tmp_path, good_files), ssh_server, tmp_path, remote, path=str(tools))
     assert result.returncode == 0, result.stderr
     assert (remote / "digits.fp32.tflite").read_bytes() == good_files["models/digits.fp32.tflite"]
+
+
+def test_other_structure_problems_each_in_one_line(good_files, tmp_path, capsys):
+    files = {**good_files, "SHA256SUMS": _sums(good_files)}
+    base = [("", None, 0o755), ("models", None, 0o755)] + [(n, d, 0o644) for n, d in sorted(files.items())]
+    bundle = tmp_path / f"{TOP}.tar.gz"
+    assert "unexpected folder" in _verify_error(capsys, _pack(bundle, [*base, ("models/sub", None, 0o755)]))
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data, mode in base:
+            info = tarfile.TarInfo(f"{TOP}/{name}".rstrip("/"))
+            info.mode, info.type = mode, tarfile.DIRTYPE if data is None else tarfile.REGTYPE
+            info.size = 0 if data is None else len(data)
+            tar.addfile(info, None if data is None else io.BytesIO(data))
+        link = tarfile.TarInfo(f"{TOP}/models/link")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+        tar.addfile(tarfile.TarInfo("stray"), io.BytesIO(b""))
+    bundle.write_bytes(gzip.compress(raw.getvalue()))
+    err = _verify_error(capsys, bundle)
+    assert f"'{TOP}/models/link' is not a regular file" in err and "'stray' is outside the bundle's folder" in err
+
+    twice = {**good_files, "SHA256SUMS": _sums(good_files) * 2}
+    members = [("", None, 0o755), ("models", None, 0o755)] + [(n, d, 0o644) for n, d in sorted(twice.items())]
+    assert "SHA256SUMS lists 'manifest.json' twice" in _verify_error(capsys, _pack(bundle, members))
+
+    doc = json.loads(good_files["manifest.json"])
+    old = {**good_files, "manifest.json": json.dumps({**doc, "bundle_schema_version": "1.0"}).encode()}
+    err = _verify_error(capsys, _bundle(tmp_path, old))
+    assert "bundle schema '1.0'; this toolchain reads '2.0': re-package" in err
+    doubled = {**good_files, "manifest.json": json.dumps({**doc, "artifacts": doc["artifacts"] * 2}).encode()}
+    assert "lists the same artifact file twice" in _verify_error(capsys, _bundle(tmp_path, doubled))
+
+
+def test_declared_sizes_add_up_to_a_bound(tmp_path, capsys):
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for i in range(3):  # sparse: 1.5 GiB declared each, one byte stored
+            info = tarfile.TarInfo(f"{TOP}/models/part{i}")
+            info.size = 1
+            info.pax_headers = {"GNU.sparse.map": f"{(3 << 29) - 1},1", "GNU.sparse.size": str(3 << 29)}
+            tar.addfile(info, io.BytesIO(b"x"))
+    bundle = tmp_path / f"{TOP}.tar.gz"
+    bundle.write_bytes(gzip.compress(raw.getvalue()))
+    assert f"bundle files add up to more than 4,294,967,296 bytes at '{TOP}/models/part2'" in \
+        _verify_error(capsys, bundle)
+
+
+def _edit_run(run: Path, edit) -> None:
+    manifest = json.loads((run / "manifest.json").read_text())
+    edit(next(a for a in manifest["artifacts"] if a["name"] == "digits.fp32.tflite"))
+    (run / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _gate_record(**fields) -> dict:
+    """A gate record as the pipeline writes it (the real gate: test_package_for_a_pi_you_do_not_own)."""
+    return {"raspberry-pi-4-emulated": {"board": "raspberry-pi-4", "qemu_cpu": "cortex-a72",
+                                        "backend": "tflite_runtime", "backend_version": "2.14.0",
+                                        "verdict": "pass", "summary": "loads and runs", **fields}}
+
+
+def test_package_refuses_unsafe_names_from_the_run(run_copy, capsys):
+    _edit_run(run_copy, lambda a: a.update(compat=_gate_record(golden="../../etc/passwd")))
+    assert main(["package", str(run_copy), "--target", "raspberry-pi-4", "--artifact", "digits.fp32.tflite"]) == 2
+    assert "golden file '../../etc/passwd' is not a plain golden/<name> path" in capsys.readouterr().err
+    _edit_run(run_copy, lambda a: a.update(compat=_gate_record(verdict="fail", summary="Didn't find op")))
+    assert main(["package", str(run_copy), "--target", "raspberry-pi-4"]) == 0
+    assert not capsys.readouterr().out.startswith("chose: digits.fp32.tflite")
+    doc = json.loads(tarfile.open(next((run_copy / "packages").glob("*.tar.gz"))).extractfile(
+        "digits-0.0.0-raspberry-pi-4/manifest.json").read())
+    rejected = doc["selection"]["rejected"]["digits.fp32.tflite"]
+    assert rejected == "fails the emulator gate on raspberry-pi-4-emulated: Didn't find op"
+    _edit_run(run_copy, lambda a: a.update(name="digits fp32.tflite"))
+    assert main(["package", str(run_copy), "--target", "local", "--artifact", "digits fp32.tflite"]) == 2
+    assert "artifact name 'digits fp32.tflite' is not safe in a bundle" in capsys.readouterr().err

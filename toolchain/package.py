@@ -190,6 +190,23 @@ def _judge(artifact: dict[str, Any], profile: TargetProfile, verdict: dict[str, 
     return "; ".join(verdict["failures"]) + hint
 
 
+def _explicit_selection(manifest: dict[str, Any], profile: TargetProfile, requested: list[str],
+                        verdicts: dict[str, dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    by_name = {a["name"]: a for a in manifest["artifacts"]}
+    missing = [n for n in requested if n not in by_name]
+    if missing:
+        raise InputError(
+            f"--artifact {missing[0]!r} is not an artifact of this run"
+            f"{_did_you_mean(missing[0], sorted(by_name))}; artifacts: {', '.join(by_name)}"
+        )
+    chosen = [by_name[n] for n in dict.fromkeys(requested)]
+    failing = [n for n in requested if not verdicts[n]["passed"]]
+    reason = "chosen with --artifact" + (
+        f" (fails budgets on {profile.name}: " + "; ".join(
+            f for n in failing for f in verdicts[n]["failures"]) + ")" if failing else "")
+    return chosen, {"mode": "explicit", "reason": reason}
+
+
 def select_artifacts(
     manifest: dict[str, Any], profile: TargetProfile, requested: list[str] | None
 ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, dict[str, Any]]]:
@@ -197,20 +214,9 @@ def select_artifacts(
     evaluation = evaluate_budgets(manifest, budgets_from_manifest(manifest),
                                   {profile.name: profile_limits(profile)})
     verdicts = {r["artifact"]: r for r in evaluation["results"]}
-    by_name = {a["name"]: a for a in manifest["artifacts"]}
     if requested:
-        missing = [n for n in requested if n not in by_name]
-        if missing:
-            raise InputError(
-                f"--artifact {missing[0]!r} is not an artifact of this run"
-                f"{_did_you_mean(missing[0], sorted(by_name))}; artifacts: {', '.join(by_name)}"
-            )
-        chosen = [by_name[n] for n in dict.fromkeys(requested)]
-        failing = [n for n in requested if not verdicts[n]["passed"]]
-        reason = "chosen with --artifact" + (
-            f" (fails budgets on {profile.name}: " + "; ".join(
-                f for n in failing for f in verdicts[n]["failures"]) + ")" if failing else "")
-        return chosen, {"mode": "explicit", "reason": reason}, verdicts
+        chosen, selection = _explicit_selection(manifest, profile, requested, verdicts)
+        return chosen, selection, verdicts
 
     rejected: dict[str, str] = {}
     candidates = []
