@@ -12,6 +12,7 @@ import pwd
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -153,6 +154,9 @@ def test_too_many_members_are_refused(tmp_path, capsys):
 
 # ---- examples/flash.sh against a real sshd "device" ------------------------------
 
+HOST_TOOLS = ("sh", "tar", "gzip", "sed", "sort", "uniq", "head", "find", "wc", "tr", "mktemp", "basename", "rm",
+              "mkdir", "cat")  # what flash.sh runs on the host besides ssh, jq/python3 and a sha256 tool
+
 @pytest.fixture
 def ssh_log(tmp_path) -> Path:
     """A folder put first on PATH whose `ssh` records each call's arguments, then runs the real ssh."""
@@ -259,8 +263,7 @@ def test_flash_works_without_gnu_sha256sum(good_files, ssh_server, tmp_path):
     """A macOS-like host: shasum -a 256 only (the device keeps its own tools)."""
     tools = tmp_path / "host-bin"
     tools.mkdir()
-    for tool in ("sh", "tar", "gzip", "sed", "sort", "uniq", "head", "find", "wc", "tr", "mktemp", "basename",
-                 "rm", "mkdir", "cat", "jq", "ssh", "shasum", "perl"):
+    for tool in (*HOST_TOOLS, "jq", "ssh", "shasum", "perl"):
         (tools / tool).symlink_to(shutil.which(tool))
     remote = tmp_path / "device"
     result = _flash(_bundle(tmp_path, good_files), ssh_server, tmp_path, remote, path=str(tools))
@@ -342,3 +345,23 @@ def test_package_refuses_unsafe_names_from_the_run(run_copy, capsys):
     _edit_run(run_copy, lambda a: a.update(name="digits fp32.tflite"))
     assert main(["package", str(run_copy), "--target", "local", "--artifact", "digits fp32.tflite"]) == 2
     assert "artifact name 'digits fp32.tflite' is not safe in a bundle" in capsys.readouterr().err
+
+
+
+def test_flash_works_with_busybox_host_tools(good_files, ssh_server, tmp_path):
+    """A BusyBox host: its sh, tar, find, sha256sum...; python3 reads the manifest (no jq)."""
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.skip("busybox is not installed (apt-get install busybox)")
+    tools = tmp_path / "host-bin"
+    tools.mkdir()
+    for tool in (*HOST_TOOLS, "sha256sum"):
+        (tools / tool).symlink_to(busybox)
+    (tools / "ssh").symlink_to(shutil.which("ssh"))
+    (tools / "python3").symlink_to(sys.executable)
+    remote = tmp_path / "device"
+    result = _flash(_bundle(tmp_path, good_files), ssh_server, tmp_path, remote, path=str(tools))
+    assert result.returncode == 0, result.stderr
+    assert (remote / "manifest.json").read_bytes() == good_files["manifest.json"]
+    result = _flash(_bundle(tmp_path, _renamed(good_files, HOSTILE)), ssh_server, tmp_path, remote, path=str(tools))
+    assert result.returncode == 1 and "unexpected member" in result.stderr
