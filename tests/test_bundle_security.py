@@ -365,3 +365,24 @@ def test_flash_works_with_busybox_host_tools(good_files, ssh_server, tmp_path):
     assert (remote / "manifest.json").read_bytes() == good_files["manifest.json"]
     result = _flash(_bundle(tmp_path, _renamed(good_files, HOSTILE)), ssh_server, tmp_path, remote, path=str(tools))
     assert result.returncode == 1 and "unexpected member" in result.stderr
+
+
+def test_package_checks_the_bytes_it_packs(run_copy, capsys):
+    model = run_copy / "artifacts" / "digits.fp32.tflite"
+    data = bytearray(model.read_bytes())
+    data[-100] ^= 0xFF  # same size: only the hash taken while packing can tell
+    model.write_bytes(bytes(data))
+    assert main(["package", str(run_copy), "--target", "local", "--artifact", "digits.fp32.tflite"]) == 5
+    assert "digits.fp32.tflite does not match the sha256" in capsys.readouterr().err
+    assert not list((run_copy / "packages").glob("*")), "no bundle and no temp file left behind"
+
+    _edit_run(run_copy, lambda a: a.update(path="../../outside.tflite"))
+    assert main(["package", str(run_copy), "--target", "local", "--artifact", "digits.fp32.tflite"]) == 2
+    assert "artifact path '../../outside.tflite' leaves the run directory" in capsys.readouterr().err
+
+    manifest = json.loads((run_copy / "manifest.json").read_text())
+    manifest["source_model"] = {**manifest["source_model"], "name": None, "path": "/models/my model.keras"}
+    (run_copy / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["package", str(run_copy), "--target", "local"]) == 2
+    assert "bundle name 'my model-0.0.0-local' (model-version-target) is not a plain file name" in \
+        capsys.readouterr().err

@@ -38,6 +38,7 @@ BUNDLE_SCHEMA_VERSION = "2.0"  # 2.0: safe file names, device checks, golden fil
 CLASSES_NOTE = "classes (label ids in order): "  # data.load_image_folder writes it
 SUMS = "SHA256SUMS"
 SUMS_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
+BUNDLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -361,20 +362,35 @@ def bundle_manifest(
     }
 
 
-def sha256sums(files: dict[str, bytes]) -> bytes:
-    return "".join(f"{sha256_bytes(data)}  {name}\n" for name, data in sorted(files.items())).encode()
+def sha256sums(digests: dict[str, str]) -> bytes:
+    """`sha256sum -c` lines for {file name: sha256}, sorted by name."""
+    return "".join(f"{digest}  {name}\n" for name, digest in sorted(digests.items())).encode()
 
 
-def deterministic_tar_gz(prefix: str, files: dict[str, bytes], mtime: int) -> bytes:
-    """A .tar.gz of `files` under `prefix/`, byte-identical for identical input."""
-    entries: dict[str, bytes | None] = {prefix: None}
+class _HashingReader:
+    """Hashes what tarfile copies from a file, so the bytes packed are the bytes checked."""
+
+    def __init__(self, stream: Any):
+        self.stream, self.digest = stream, hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.stream.read(size)
+        self.digest.update(chunk)
+        return chunk
+
+
+def write_tar_gz(out: Any, prefix: str, files: dict[str, bytes | Path], mtime: int) -> dict[str, str]:
+    """Stream a .tar.gz of `files` (bytes, or a path read in chunks) under `prefix/` into `out`,
+    byte-identical for identical input. Returns the sha256 of every file packed from a path."""
+    entries: dict[str, bytes | Path | None] = {prefix: None}
     for name, data in files.items():
         parts = name.split("/")
         for i in range(1, len(parts)):
             entries[f"{prefix}/{'/'.join(parts[:i])}"] = None
         entries[f"{prefix}/{name}"] = data
-    tar_bytes = io.BytesIO()
-    with tarfile.open(fileobj=tar_bytes, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    packed = {}
+    with gzip.GzipFile(filename="", mode="wb", fileobj=out, compresslevel=9, mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in sorted(entries):
             data = entries[name]
             info = tarfile.TarInfo(name)
@@ -384,12 +400,22 @@ def deterministic_tar_gz(prefix: str, files: dict[str, bytes], mtime: int) -> by
             if data is None:
                 info.type, info.mode = tarfile.DIRTYPE, 0o755
                 tar.addfile(info)
+            elif isinstance(data, Path):
+                info.mode, info.size = 0o644, data.stat().st_size
+                with open(data, "rb") as f:
+                    reader = _HashingReader(f)
+                    tar.addfile(info, reader)
+                packed[name.split("/", 1)[1]] = reader.digest.hexdigest()
             else:
                 info.mode, info.size = 0o644, len(data)
                 tar.addfile(info, io.BytesIO(data))
+    return packed
+
+
+def deterministic_tar_gz(prefix: str, files: dict[str, bytes], mtime: int) -> bytes:
+    """A .tar.gz of `files` under `prefix/`, byte-identical for identical input."""
     out = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=out, compresslevel=9, mtime=0) as gz:
-        gz.write(tar_bytes.getvalue())
+    write_tar_gz(out, prefix, dict(files), mtime)
     return out.getvalue()
 
 
@@ -414,41 +440,68 @@ def package_run(
     manifest = docs.manifest
     settings = package_settings(manifest)
     version = version or settings.version
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", version):
+    if not BUNDLE_NAME.fullmatch(version):
         raise InputError(f"--version {version!r}: use letters, digits and . _ + - (e.g. 1.2.0)")
     profile = find_profile(target, profile_dirs)
     chosen, selection, verdicts = select_artifacts(manifest, profile, artifacts)
-    model = manifest["source_model"].get("name") or Path(manifest["source_model"]["path"]).stem
-    name = f"{model}-{version}-{profile.name}"
-
-    files: dict[str, bytes] = {}
+    name = _bundle_name(manifest, version, profile)
+    files: dict[str, bytes | Path] = {}
+    digests: dict[str, str] = {}
     for a in chosen:
-        if not SAFE_FILE.fullmatch(f"models/{a['name']}"):
-            raise InputError(f"artifact name {a['name']!r} is not safe in a bundle: use letters, digits "
-                             "and . _ - (set [model] name)")
-        path = run_dir / a["path"]
-        if not path.is_file():
-            raise InputError(f"artifact {a['name']} is missing from {run_dir / 'artifacts'}; re-run the pipeline")
-        data = path.read_bytes()
-        if sha256_bytes(data) != a["sha256"]:
-            raise BundleError(f"{path} does not match the sha256 in {run_dir / 'manifest.json'}: it changed "
-                              "after the run; re-run the pipeline instead of packaging a modified file")
-        files[f"models/{a['name']}"] = data
-        files.update(_golden_files(run_dir, device_checks(a, profile)))
-    golden = {k: v for k, v in files.items() if k.startswith("golden/")}
+        files[f"models/{a['name']}"] = _artifact_file(run_dir, a)
+        digests[f"models/{a['name']}"] = a["sha256"]
+        golden = _golden_files(run_dir, device_checks(a, profile))
+        files.update(golden)
+        digests.update({k: sha256_bytes(v) for k, v in golden.items()})
+    golden = {k: v for k, v in files.items() if k.startswith("golden/") and isinstance(v, bytes)}
     doc = bundle_manifest(manifest, profile, version, name, chosen, selection, verdicts, golden,
                           _read_verify(run_dir))
     files["manifest.json"] = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
-    files[SUMS] = sha256sums(files)
-    data = deterministic_tar_gz(name, files, source_date_epoch(manifest, settings))
+    digests["manifest.json"] = sha256_bytes(files["manifest.json"])
+    files[SUMS] = sha256sums(digests)
 
     folder = run_dir / "packages"
     bundle = folder / f"{name}.tar.gz"
     with atomic_output(bundle, suffix=".tar.gz") as tmp:
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as out:
+            packed = write_tar_gz(out, name, files, source_date_epoch(manifest, settings))
+        for file, digest in packed.items():
+            if digest != digests[file]:
+                raise _changed_after_run(files[file], run_dir)
         tmp.chmod(0o644)
     update_packages_sums(folder)
-    return PackageResult(bundle, sha256_bytes(data), [a["name"] for a in chosen], selection["reason"])
+    return PackageResult(bundle, sha256_file(bundle), [a["name"] for a in chosen], selection["reason"])
+
+
+def _bundle_name(manifest: dict[str, Any], version: str, profile: TargetProfile) -> str:
+    """<model>-<version>-<target>: the bundle's file and folder name, so a plain one."""
+    model = manifest["source_model"].get("name") or Path(manifest["source_model"]["path"]).stem
+    name = f"{model}-{version}-{profile.name}"
+    if not BUNDLE_NAME.fullmatch(name):
+        raise InputError(f"bundle name {name!r} (model-version-target) is not a plain file name: use letters, "
+                         "digits and . _ + - in [model] name")
+    return name
+
+
+def _changed_after_run(path: Path, run_dir: Path) -> BundleError:
+    return BundleError(f"{path} does not match the sha256 in {run_dir / 'manifest.json'}: it changed "
+                       "after the run; re-run the pipeline instead of packaging a modified file")
+
+
+def _artifact_file(run_dir: Path, artifact: dict[str, Any]) -> Path:
+    """The artifact's file inside the run directory, with the size the run recorded."""
+    if not SAFE_FILE.fullmatch(f"models/{artifact['name']}"):
+        raise InputError(f"artifact name {artifact['name']!r} is not safe in a bundle: use letters, digits "
+                         "and . _ - (set [model] name)")
+    path = run_dir / artifact["path"]
+    if not path.resolve().is_relative_to(run_dir.resolve()):
+        raise InputError(f"{run_dir / 'manifest.json'}: artifact path {artifact['path']!r} leaves the run "
+                         "directory; re-run the pipeline")
+    if not path.is_file():
+        raise InputError(f"artifact {artifact['name']} is missing from {run_dir / 'artifacts'}; re-run the pipeline")
+    if path.stat().st_size != artifact["bytes"]:
+        raise _changed_after_run(path, run_dir)
+    return path
 
 
 # ---- verify-bundle --------------------------------------------------------------
