@@ -386,3 +386,32 @@ def test_package_checks_the_bytes_it_packs(run_copy, capsys):
     assert main(["package", str(run_copy), "--target", "local"]) == 2
     assert "bundle name 'my model-0.0.0-local' (model-version-target) is not a plain file name" in \
         capsys.readouterr().err
+
+
+def test_class_names_and_preprocessing_go_into_the_bundle(run_copy, tmp_path, capsys):
+    names = tmp_path / "names.txt"
+    digits = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    names.write_text("\n".join(digits) + "\n\n")
+    args = ["package", str(run_copy), "--target", "local", "--artifact", "digits.fp32.tflite", "--class-names"]
+    assert main([*args, str(names)]) == 0
+    with tarfile.open(run_copy / "packages" / "digits-0.0.0-local.tar.gz") as tar:
+        doc = json.loads(tar.extractfile("digits-0.0.0-local/manifest.json").read())
+    assert doc["preprocessing"]["class_names"] == digits
+    assert doc["preprocessing"]["value_range"] == [0.0, 1.0] and doc["preprocessing"]["image_folder"] is None
+    assert doc["artifacts"][0]["input_layout"] == {"image": "NHWC"}
+    capsys.readouterr()
+
+    for content, message in [
+        ("\n".join(digits[:9]), "has 9 name(s), but output 'probs' scores 10 classes"),
+        ("zero\n\ntwo", "line 2 is empty or holds control characters"),
+        (b"\xff\xfe", "not a UTF-8 text file"),
+        (b"x" * ((1 << 20) + 1), "over 1,048,576 bytes"),
+    ]:
+        if isinstance(content, str):
+            names.write_text(content)
+        else:
+            names.write_bytes(content)
+        assert main([*args, str(names)]) == 2
+        assert message in capsys.readouterr().err
+    assert main([*args, str(tmp_path / "none.txt")]) == 2
+    assert "none.txt: no such file" in capsys.readouterr().err

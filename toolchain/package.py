@@ -51,6 +51,7 @@ BUNDLE_FOLDERS = ("models", "golden")
 # the only file names a bundle may hold below its folder: no quotes, spaces, slashes or dot-files,
 # so a device script can use them without quoting (examples/flash.sh checks them again)
 SAFE_FILE = re.compile(r"(models|golden)/[A-Za-z0-9][A-Za-z0-9._-]*")
+MAX_CLASS_NAMES_BYTES = MIB
 SPECIAL_MODE_BITS = 0o7022  # setuid, setgid, sticky, group- and world-writable
 
 
@@ -296,6 +297,30 @@ def class_names(verify_doc: dict[str, Any] | None) -> list[str] | None:
     return None
 
 
+def read_class_names(path: Path, artifact: dict[str, Any]) -> list[str]:
+    """One class name per line (label id = line number from 0), as many as the first output has classes."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_CLASS_NAMES_BYTES:
+            raise InputError(f"--class-names {path}: over {MAX_CLASS_NAMES_BYTES:,} bytes; give one name per line")
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except FileNotFoundError as e:
+        raise InputError(f"--class-names {path}: no such file") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"--class-names {path}: not a UTF-8 text file ({e})") from e
+    while names and not names[-1]:
+        names.pop()
+    bad = next((i for i, n in enumerate(names) if not n or not n.isprintable()), None)
+    if bad is not None:
+        raise InputError(f"--class-names {path}: line {bad + 1} is empty or holds control characters")
+    output = artifact["outputs"][0] if artifact["outputs"] else {}
+    classes = (output.get("shape") or [None])[-1]
+    if classes is not None and len(names) != classes:
+        raise InputError(f"--class-names {path} has {len(names)} name(s), but output '{output['name']}' "
+                         f"scores {classes} classes; give one name per class, in label order")
+    return names
+
+
 def _golden_files(run_dir: Path, checks: list[dict[str, Any]]) -> dict[str, bytes]:
     """The gate's golden inputs/outputs (.npz) for the checks that passed: bundle name -> bytes."""
     files = {}
@@ -434,6 +459,7 @@ def package_run(
     artifacts: list[str] | None = None,
     version: str | None = None,
     profile_dirs: list[Path] | None = None,
+    class_names_file: Path | None = None,
 ) -> PackageResult:
     run_dir = Path(run_dir)
     docs = load_run(run_dir)
@@ -456,6 +482,8 @@ def package_run(
     golden = {k: v for k, v in files.items() if k.startswith("golden/") and isinstance(v, bytes)}
     doc = bundle_manifest(manifest, profile, version, name, chosen, selection, verdicts, golden,
                           _read_verify(run_dir))
+    if class_names_file is not None:
+        doc["preprocessing"]["class_names"] = read_class_names(class_names_file, chosen[0])
     files["manifest.json"] = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
     digests["manifest.json"] = sha256_bytes(files["manifest.json"])
     files[SUMS] = sha256sums(digests)
