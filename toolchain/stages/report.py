@@ -47,7 +47,8 @@ def _fp32_p50(manifest: dict[str, Any]) -> dict[tuple[str, str, int], float]:
 
 
 def _budget_verdicts(budgets: dict[str, Any] | None) -> dict[tuple[str, str], str]:
-    return {(r["artifact"], r["target"]): "pass" if r["passed"] else "FAIL"
+    """pass / FAIL per (artifact, target); "—" where no limit was checked (nothing passed)."""
+    return {(r["artifact"], r["target"]): ("pass" if r["passed"] else "FAIL") if r["checks"] else "—"
             for r in (budgets or {}).get("results", [])}
 
 
@@ -226,13 +227,29 @@ def estimate_lines(estimates: dict[str, Any] | None) -> list[str]:
              + (f"{estimates['macs_per_sample']:,}" if estimates.get("macs_per_sample") else "unknown")
              + f", batch {estimates['batch_size']}.", ""]
     if estimates.get("estimates"):
-        lines += _md_table(
-            ["Artifact", "Target", "Estimated lower bound (ms)", "Bound by", "Peak GFLOP/s", "Bandwidth GB/s"],
-            [[e["artifact"], e["target"], f"≥ {e['lower_bound_ms']:.4f} (estimate)", e["bound"],
-              f"{e['peak_gflops']:g}", f"{e['memory_bandwidth_gbs']:g}"] for e in estimates["estimates"]])
-    for s in estimates.get("skipped", []):
-        lines.append(f"- no estimate for {s['target']}: {s['reason']}")
+        lines += _md_table(ESTIMATE_HEADERS, [[e["artifact"], e["target"], f"≥ {e['lower_bound_ms']:.4f} (estimate)",
+                                               e["bound"], compute_peak(e), f"{e['memory_bandwidth_gbs']:g}"]
+                                              for e in estimates["estimates"]])
+    lines += [f"- {note}" for note in estimate_notes(estimates)]
     return lines
+
+
+ESTIMATE_HEADERS = ["Artifact", "Target", "Estimated lower bound (ms)", "Bound by", "Compute peak", "Bandwidth GB/s"]
+
+
+def compute_peak(row: dict[str, Any]) -> str:
+    """'614.4 GOP/s int8' or '57.6 GFLOP/s fp32': which peak the compute term used (older files: fp32)."""
+    peak = row.get("compute_peak_gops", row["peak_gflops"])
+    return f"{peak:g} GOP/s int8" if row.get("compute_precision") == "int8" else f"{peak:g} GFLOP/s fp32"
+
+
+def estimate_notes(estimates: dict[str, Any]) -> list[str]:
+    """One line per target whose int8 rows could not use an int8 peak, then the skipped targets."""
+    notes = {}
+    for e in estimates.get("estimates", []):
+        if e.get("note"):
+            notes.setdefault(e["target"], f"int8 artifacts on {e['target']}: {e['note']}")
+    return [*notes.values(), *(f"no estimate for {s['target']}: {s['reason']}" for s in estimates.get("skipped", []))]
 
 
 def _calibration_lines(manifest: dict[str, Any]) -> list[str]:

@@ -16,8 +16,11 @@ from typing import Any
 from ..fileio import atomic_write_bytes, atomic_write_text
 from .report import (
     COLUMNS,
+    ESTIMATE_HEADERS,
     RunDocuments,
+    compute_peak,
     environment_rows,
+    estimate_notes,
     latency_rows,
     quality_value,
     size_rows,
@@ -68,6 +71,33 @@ def _png(fig: Any) -> bytes:
 
 
 def _latency_plot(bench: dict[str, Any]) -> bytes:
+    return _png(latency_figure(bench))
+
+
+def readable_log_axis(ax: Any, low: float, high: float) -> None:
+    """Plain-number tick labels on a log x axis: several per decade when the range is narrow.
+
+    Matplotlib labels only powers of ten, so a range inside one decade showed one or two labels.
+    """
+    import math
+
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    high = high if high > 0 else 1.0
+    low = low if 0 < low < high else high / 2
+    decades = math.log10(high / low)
+    ax.set_xlim(low / 1.15, high * 1.15)
+    if decades < 0.6:  # less than 4x: evenly spaced round numbers read best
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
+    else:
+        subs = tuple(range(1, 10)) if decades < 1.2 else (1, 2, 5) if decades < 3 else (1,)
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs, numticks=30))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(1, 10)), numticks=30))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def latency_figure(bench: dict[str, Any]) -> Any:
     """Per target: each benchmark's spread (min..p99 line, p50..p90 box, max marker)."""
     from matplotlib.figure import Figure
 
@@ -99,10 +129,12 @@ def _latency_plot(bench: dict[str, Any]) -> bytes:
         ax.set_yticks(range(len(results)), labels)
         ax.set_title(f"target {target}" + (" (THROTTLED)" if any(r.get("throttled") for r in results) else ""))
         ax.set_xscale("log")
+        readable_log_axis(ax, min(r["latency_ms"]["min"] for r in results),
+                          max(r["latency_ms"]["max"] for r in results))
         ax.set_xlabel("latency per inference (ms, log scale)\nshaded: histogram of runs; line: min to p99; "
                       "box: p50 to p90; |: p50; x: max", fontsize=8)
         ax.grid(axis="x", alpha=0.3)
-    return _png(fig)
+    return fig
 
 
 def _tradeoff_plot(points: dict[str, list[tuple[float, float, str]]], kind: str,
@@ -279,14 +311,12 @@ def render_html(docs: RunDocuments, plots: dict[str, tuple[str, bytes]]) -> str:
         parts.append(f"<p>Not measurements. {_e(est['method'])}. MACs per sample: "
                      f"{_e(f'{macs:,}' if macs else 'unknown')}, batch {_e(est['batch_size'])}.</p>")
         if est.get("estimates"):
-            parts.append(_table(
-                ["Artifact", "Target", "Estimated lower bound (ms)", "Bound by", "Peak GFLOP/s", "Bandwidth GB/s"],
-                [[_e(e["artifact"]), _e(e["target"]),
-                  f'≥ {e["lower_bound_ms"]:.4f} <span class="estimate">estimate</span>', _e(e["bound"]),
-                  _e(f"{e['peak_gflops']:g}"), _e(f"{e['memory_bandwidth_gbs']:g}")]
-                 for e in est["estimates"]], raw=True))
-        for s in est.get("skipped", []):
-            parts.append(f"<p>No estimate for {_e(s['target'])}: {_e(s['reason'])}</p>")
+            parts.append(_table(ESTIMATE_HEADERS, [
+                [_e(e["artifact"]), _e(e["target"]),
+                 f'≥ {e["lower_bound_ms"]:.4f} <span class="estimate">estimate</span>', _e(e["bound"]),
+                 _e(compute_peak(e)), _e(f"{e['memory_bandwidth_gbs']:g}")]
+                for e in est["estimates"]], raw=True))
+        parts += [f"<p>{_e(note[0].upper() + note[1:])}</p>" for note in estimate_notes(est)]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
