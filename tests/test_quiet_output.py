@@ -52,3 +52,19 @@ def test_packaging_metadata_has_no_deprecated_or_missing_parts():
     requires = project["build-system"]["requires"]
     assert any(r.replace(" ", "").startswith("setuptools>=") and int(r.split(">=")[1].split(".")[0]) >= 77
                for r in requires)
+
+
+def test_make_demo_says_where_the_command_is(tmp_path):
+    """`make demo` installs into a virtualenv that is not on PATH: it prints where the command is."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    for name in ("python", "edge-toolchain"):  # stand-ins: this checks the Makefile, not the demo
+        (venv / "bin" / name).write_text("#!/bin/sh\necho \"ran $0 $*\"\n")
+        (venv / "bin" / name).chmod(0o755)
+    (venv / ".installed").touch()
+    done = subprocess.run(["make", "-s", "demo", f"VENV={venv}"], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"ran {venv}/bin/edge-toolchain demo --out demo-run" in done.stdout
+    assert f"The edge-toolchain command is {venv}/bin/edge-toolchain (not on PATH)" in done.stdout
+    assert f"source {venv}/bin/activate" in done.stdout
