@@ -174,16 +174,7 @@ def environment_rows(bench: dict[str, Any] | None) -> list[dict[str, Any]]:
         if key in seen:  # same environment: only add this benchmark's throttling
             seen[key]["warnings"] += [w for w in reasons if w not in seen[key]["warnings"]]
             continue
-        flags = env.get("throttled") or {}
-        warnings = list(reasons)
-        if r.get("throttled") and not reasons:
-            warnings.append("THROTTLED during the benchmark")
-        elif flags.get("throttled_since_boot"):
-            warnings.append("throttled since boot")
-        if flags.get("under_voltage_now"):
-            warnings.append("under-voltage")
-        if env.get("governor") and env["governor"] not in ("performance", "schedutil", "ondemand"):
-            warnings.append(f"'{env['governor']}' CPU governor: latency may be inflated")
+        warnings = _environment_warnings(r, reasons)
         temps = ", ".join(f"{k} {v:.0f}°C" for k, v in (env.get("temperatures_c") or {}).items())
         rows.append({
             "target": r["target"], "threads": r["threads"], "cpu": env.get("cpu_model") or "unknown",
@@ -195,6 +186,22 @@ def environment_rows(bench: dict[str, Any] | None) -> list[dict[str, Any]]:
         })
         seen[key] = rows[-1]
     return rows
+
+
+def _environment_warnings(result: dict[str, Any], reasons: list[str]) -> list[str]:
+    """Throttling, under-voltage and a power-saving governor: what makes a figure slow or noisy."""
+    env = result["environment"]
+    flags = env.get("throttled") or {}
+    warnings = list(reasons)
+    if result.get("throttled") and not reasons:
+        warnings.append("THROTTLED during the benchmark")
+    elif flags.get("throttled_since_boot"):
+        warnings.append("throttled since boot")
+    if flags.get("under_voltage_now"):
+        warnings.append("under-voltage")
+    if env.get("governor") and env["governor"] not in ("performance", "schedutil", "ondemand"):
+        warnings.append(f"'{env['governor']}' CPU governor: latency may be inflated")
+    return warnings
 
 
 def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
@@ -274,25 +281,10 @@ def render_markdown(
     estimates: dict[str, Any] | None = None,
     plots: dict[str, str] | None = None,
 ) -> str:
-    source = manifest["source_model"]
-    lines = [
-        f"# edge-toolchain report: {source.get('name', Path(source['path']).stem)}",
-        "",
-        f"- Run: {manifest['created_utc']}, edge-toolchain {manifest['toolchain_version']}",
-        f"- Source model: `{source['path']}` (sha256 `{source['sha256'][:12]}…`, "
-        f"{source['bytes'] / 1024:.1f} KB)",
-        "- Tools: " + ", ".join(f"{k} {v}" for k, v in manifest["tool_versions"].items() if v),
-        "- The same report with charts: [report.html](report.html) (self-contained, opens offline)",
-        *_calibration_lines(manifest),
-        "",
-        "## Summary",
-        "",
-        markdown_table(summary_rows(manifest, budgets)),
-        "",
-        "Accuracy is top-1 on the labelled evaluation data, with its change against the Keras "
-        "model; without labels, top-1 agreement with the Keras model. Speedup is the p50 of the "
-        "same format's fp32 artifact on the same target and threads divided by this p50.",
-    ]
+    lines = [*_md_head(manifest), "", "## Summary", "", markdown_table(summary_rows(manifest, budgets)), "",
+             "Accuracy is top-1 on the labelled evaluation data, with its change against the Keras "
+             "model; without labels, top-1 agreement with the Keras model. Speedup is the p50 of the "
+             "same format's fp32 artifact on the same target and threads divided by this p50."]
     verify_notes = [
         f"- **{a['name']}**: " + "; ".join(a["verify"]["failures"])
         for a in manifest["artifacts"]
@@ -306,30 +298,48 @@ def render_markdown(
         ["Artifact", "Bytes", "KB", "vs fp32 of its format"],
         [[r["artifact"], r["bytes"], r["kb"], r["vs_fp32"]] for r in size_rows(manifest)])]
     if bench and bench.get("results"):
-        lines += ["", "## Latency distributions (ms)", "", *_md_table(
-            ["Artifact", "Target", "Threads", "Runs", "min", "p50", "p90", "p95", "p99", "max", "std"],
-            [[r[k] for k in ("artifact", "target", "threads", "count", "min", "p50", "p90", "p95", "p99",
-                             "max", "std")] for r in latency_rows(bench)])]
-        lines += ["", "## Benchmark environments", ""]
-        for env in environment_rows(bench):
-            lines.append(
-                f"- **{env['target']}** ({env['threads']} thread(s)): {env['cpu']}, {env['cores']} cores, "
-                f"{env['machine']}, governor {env['governor']}, temperatures {env['temperatures']}; "
-                f"{env['software']}" + "".join(f"; **{w}**" for w in env["warnings"])
-            )
-        lines += [
-            "",
-            "Latency: per-inference wall time after warm-up, in a fresh process per benchmark, "
-            "random inputs unless stated. Peak RSS is the process's VmHWM after all runs.",
-        ]
-    if estimates:
-        est = estimate_lines(estimates)
-        if est:
-            lines += ["", *est]
+        lines += _md_latency(bench)
+    est = estimate_lines(estimates)
+    if est:
+        lines += ["", *est]
     if plots:
         lines += ["", "## Charts", ""]
         lines += [f"![{title}]({path})" for title, path in plots.items()]
     return "\n".join(lines) + "\n"
+
+
+def _md_head(manifest: dict[str, Any]) -> list[str]:
+    source = manifest["source_model"]
+    return [
+        f"# edge-toolchain report: {source.get('name', Path(source['path']).stem)}",
+        "",
+        f"- Run: {manifest['created_utc']}, edge-toolchain {manifest['toolchain_version']}",
+        f"- Source model: `{source['path']}` (sha256 `{source['sha256'][:12]}…`, "
+        f"{source['bytes'] / 1024:.1f} KB)",
+        "- Tools: " + ", ".join(f"{k} {v}" for k, v in manifest["tool_versions"].items() if v),
+        "- The same report with charts: [report.html](report.html) (self-contained, opens offline)",
+        *_calibration_lines(manifest),
+    ]
+
+
+def _md_latency(bench: dict[str, Any]) -> list[str]:
+    """Latency distributions and the environments they were measured in."""
+    lines = ["", "## Latency distributions (ms)", "", *_md_table(
+        ["Artifact", "Target", "Threads", "Runs", "min", "p50", "p90", "p95", "p99", "max", "std"],
+        [[r[k] for k in ("artifact", "target", "threads", "count", "min", "p50", "p90", "p95", "p99",
+                         "max", "std")] for r in latency_rows(bench)])]
+    lines += ["", "## Benchmark environments", ""]
+    for env in environment_rows(bench):
+        lines.append(
+            f"- **{env['target']}** ({env['threads']} thread(s)): {env['cpu']}, {env['cores']} cores, "
+            f"{env['machine']}, governor {env['governor']}, temperatures {env['temperatures']}; "
+            f"{env['software']}" + "".join(f"; **{w}**" for w in env["warnings"])
+        )
+    return lines + [
+        "",
+        "Latency: per-inference wall time after warm-up, in a fresh process per benchmark, "
+        "random inputs unless stated. Peak RSS is the process's VmHWM after all runs.",
+    ]
 
 
 def write_report(
