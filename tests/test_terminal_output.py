@@ -111,3 +111,18 @@ def test_inspect_lists_layers_cut_points_and_droppable_blocks(residual_cnn_file,
     text = " ".join(out.split())  # the hint lines may wrap
     assert "droppable blocks (truncate --drop ADD_LAYER): res_add" in text
     assert "cut points (truncate --at LAYER" in text and "stem, bn, gap" in text
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_verify_table_keeps_output_names_and_metrics_whole(capsys, console_width, width):
+    console_width(width)
+    result = {"artifact": "runs/a/digits.int8-float-io.tflite", "reference": "digits_cnn.keras", "recipe": "int8",
+              "samples": 500, "verdict": "pass", "failures": [], "outputs": {
+                  "classification_probabilities_of_the_long_named_head": {
+                      "max_abs_error": 0.01234, "mean_abs_error": 0.000456, "cosine_min": 0.999991,
+                      "top1_agreement": 0.9876, "accuracy": None}}}
+    cli._print_verify(result, as_json=False)
+    out = capsys.readouterr().out
+    assert "…" not in out
+    assert "classification_probabilities_of_the_long_named_head" in out
+    assert all(value in out for value in ("0.0123", "0.000456", "0.999991", "0.9876"))
