@@ -237,8 +237,8 @@ def estimate_lines(estimates: dict[str, Any] | None) -> list[str]:
         lines += _md_table(ESTIMATE_HEADERS, [[e["artifact"], e["target"], f"≥ {e['lower_bound_ms']:.4f} (estimate)",
                                                e["bound"], compute_peak(e), f"{e['memory_bandwidth_gbs']:g}"]
                                               for e in estimates["estimates"]])
-    lines += [f"- {note}" for note in estimate_notes(estimates)]
-    return lines
+    notes = estimate_notes(estimates)
+    return lines + ([""] if notes and estimates.get("estimates") else []) + [f"- {note}" for note in notes]
 
 
 ESTIMATE_HEADERS = ["Artifact", "Target", "Estimated lower bound (ms)", "Bound by", "Compute peak", "Bandwidth GB/s"]

@@ -74,6 +74,10 @@ def _latency_plot(bench: dict[str, Any]) -> bytes:
     return _png(latency_figure(bench))
 
 
+# labelled ticks per decade by how many decades the axis spans: 1..9, then 1-2-5, 1-3, powers of ten
+LOG_TICK_SUBS = ((1.2, tuple(range(1, 10))), (2.5, (1, 2, 5)), (4.5, (1, 3)), (float("inf"), (1,)))
+
+
 def readable_log_axis(ax: Any, low: float, high: float) -> None:
     """Plain-number tick labels on a log x axis: several per decade when the range is narrow.
 
@@ -90,7 +94,7 @@ def readable_log_axis(ax: Any, low: float, high: float) -> None:
     if decades < 0.6:  # less than 4x: evenly spaced round numbers read best
         ax.xaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
     else:
-        subs = tuple(range(1, 10)) if decades < 1.2 else (1, 2, 5) if decades < 3 else (1,)
+        subs = next(subs for most, subs in LOG_TICK_SUBS if decades < most)
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs, numticks=30))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.xaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(1, 10)), numticks=30))
