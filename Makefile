@@ -15,6 +15,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 demo: $(VENV)/.installed
 	$(BIN)/edge-toolchain demo --out demo-run
+	@echo "The edge-toolchain command is $(abspath $(BIN))/edge-toolchain (not on PATH):"
+	@echo "  source $(VENV)/bin/activate    puts it on PATH for this shell"
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check toolchain tests benchmarks

@@ -36,6 +36,9 @@ def load_model(path: str | Path, *, trust: bool = False) -> Any:
             f"{path}: refusing to load a model with {', '.join(unsafe)} layers "
             f"(they execute arbitrary code when loaded); {TRUST_HINT}"
         )
+    from .native_chatter import quiet_tensorflow
+
+    quiet_tensorflow()  # before Keras imports TensorFlow
     import keras
 
     try:

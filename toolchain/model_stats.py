@@ -27,7 +27,7 @@ class LayerStats:
     name: str
     class_name: str
     params: int
-    macs: int
+    macs: int | None  # None only from layer_stats(strict=False) when a dimension is unknown
     output_shape: tuple[int | None, ...]  # of the call counted, without the batch dimension
 
 
@@ -76,8 +76,12 @@ def model_stats(model: Any) -> ModelStats:
     )
 
 
-def layer_stats(model: Any, prefix: str = "") -> list[LayerStats]:
-    """One record per layer call in graph order; nested models are expanded."""
+def layer_stats(model: Any, prefix: str = "", strict: bool = True) -> list[LayerStats]:
+    """One record per layer call in graph order; nested models are expanded.
+
+    strict=False lists a layer whose MACs depend on an unknown dimension with macs None
+    instead of refusing the model (`inspect` lists the layers of any graph model).
+    """
     stats: list[LayerStats] = []
     for node in _graph_nodes(model):
         layer = node.operation
@@ -85,11 +89,16 @@ def layer_stats(model: Any, prefix: str = "") -> list[LayerStats]:
             continue
         name = prefix + layer.name
         if _graph_of(layer) is not None:
-            stats.extend(layer_stats(layer, prefix=name + "/"))
+            stats.extend(layer_stats(layer, prefix=name + "/", strict=strict))
             continue
         inputs = [t for t in node.input_tensors]
         outputs = list(node.outputs)
-        macs = _layer_macs(layer, inputs, outputs, name)
+        try:
+            macs = _layer_macs(layer, inputs, outputs, name)
+        except InputError:
+            if strict:
+                raise
+            macs = None
         stats.append(LayerStats(
             name=name,
             class_name=type(layer).__name__,

@@ -248,6 +248,26 @@ def droppable_blocks(model: Any) -> list[str]:
     return found
 
 
+def droppable_layers(model: Any) -> list[str]:
+    """Addresses of the single layers `drop` can bypass: one input, one output of the same shape and dtype."""
+    found: list[str] = []
+
+    def visit(graph: _Graph) -> None:
+        for node in graph.nodes:
+            layer = node.operation
+            if layer is None or node.is_input:
+                continue
+            ins, outs = node.input_tensors, node.outputs
+            if (len(ins) == 1 and len(outs) == 1 and tuple(ins[0].shape[1:]) == tuple(outs[0].shape[1:])
+                    and ins[0].dtype == outs[0].dtype):
+                found.append(graph.prefix + layer.name)
+            if _is_submodel(layer):
+                visit(_analyse(layer, graph.prefix + layer.name + "/"))
+
+    visit(_analyse(model))
+    return found
+
+
 def layer_addresses(model: Any) -> list[str]:
     """Every address `at` and `drop` accept, in graph order (sub-models expanded)."""
     found: list[str] = []
