@@ -218,4 +218,18 @@ def describe_keras(path: Path, *, trust: bool = False) -> dict[str, Any]:
         "ops": [{"name": k, "count": v} for k, v in sorted(layer_counts.items())],
         "model_name": model.name,
         "parameters": int(model.count_params()),
+        "layers": keras_layers(model),
     }
+
+
+def keras_layers(model: Any, prefix: str = "") -> list[dict[str, Any]]:
+    """Every layer as truncation addresses it (`outer/inner` inside a sub-model), with class and output shape."""
+    rows = []
+    for layer in getattr(model, "layers", []):
+        try:
+            shape = [None if d is None else int(d) for d in layer.output.shape]
+        except (AttributeError, ValueError, TypeError):  # several outputs, or a layer called more than once
+            shape = None
+        rows.append({"name": prefix + layer.name, "class": type(layer).__name__, "output_shape": shape})
+        rows.extend(keras_layers(layer, prefix + layer.name + "/"))
+    return rows

@@ -278,6 +278,9 @@ def inspect(
         for op in info["ops"]
     )
     out.print(f"[bold]ops[/] ({len(info['ops'])}): {ops}")
+    if info.get("layers"):
+        out.print(f"[bold]layers[/] ({len(info['layers'])}; `truncate --at` takes these names): " + ", ".join(
+            f"{layer['name']} {layer['output_shape']}" for layer in info["layers"]), highlight=False)
     if "opset" in info:
         out.print(f"[bold]opset[/]: {info['opset']}")
     if info.get("min_runtime_version"):
