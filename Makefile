@@ -25,7 +25,7 @@ test-quick: lint
 	$(BIN)/python -m pytest -q -ra -m "not heavy"
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check toolchain tests benchmarks
+	$(BIN)/ruff check toolchain tests benchmarks docs
 	$(BIN)/python tests/complexity.py
 
 $(VENV)/.docs-installed: pyproject.toml | $(BIN)/python
