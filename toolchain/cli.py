@@ -110,11 +110,16 @@ def package(
     targets_dir: Annotated[
         Path | None, typer.Option("--targets-dir", help="A folder of your own target profiles.")
     ] = None,
+    class_names: Annotated[
+        Path | None, typer.Option("--class-names", help="Text file, one class name per line in label order, "
+                                                         "written into the bundle for device scripts.")
+    ] = None,
 ) -> None:
     """Write a reproducible release bundle RUN_DIR/packages/<model>-<version>-<target>.tar.gz."""
     from .package import package_run
 
-    result = package_run(run_dir, target, artifact or None, version, [targets_dir] if targets_dir else None)
+    result = package_run(run_dir, target, artifact or None, version, [targets_dir] if targets_dir else None,
+                         class_names)
     out.print(f"chose: {result.reason}", highlight=False)
     out.print(f"bundle: {result.path}\nsha256: {result.sha256}", highlight=False)
 
@@ -134,6 +139,9 @@ def verify_bundle_command(
     out.print(f"OK {summary['name']}: {summary['files']} files match SHA256SUMS and manifest.json; "
               f"target {summary['target']}, artifacts {', '.join(summary['artifacts'])}; "
               f"bundle checksum beside it: {summary['outer_checksum']}", highlight=False)
+    if summary["outer_checksum"] != "ok":
+        out.print("note: this shows the bundle is consistent, not who made it (bundles are not signed); compare "
+                  "its sha256 with a SHA256SUMS you got over a channel you trust", highlight=False)
 
 
 @app.command()
