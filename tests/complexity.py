@@ -24,8 +24,6 @@ ALLOWED = {
     "toolchain/data.py:load_npz": 23,
     "toolchain/data.py:prepare_run_data": 26,
     "toolchain/emulator/gate.py:gate_artifact": 18,
-    "toolchain/package.py:select_artifacts": 21,
-    "toolchain/package.py:verify_bundle": 29,
     "toolchain/pipeline.py:_run_stages": 54,
     "toolchain/standalone.py:export_artifact": 25,
     "toolchain/stages/export_onnx.py:export_onnx": 21,
