@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelLoadError
+from .keras_graph import producing_operation
 
 UNSAFE_LAYER_CLASSES = ("Lambda",)
 TRUST_HINT = "re-run with --trust-model (or trust = true under [model]) only if you trust its author"
@@ -156,8 +157,7 @@ def _tensor_name(tensor: Any) -> str:
 
 
 def _layer_name(tensor: Any) -> str:
-    history = getattr(tensor, "_keras_history", None)
-    name = getattr(getattr(history, "operation", None), "name", None)
+    name = getattr(producing_operation(tensor), "name", None)
     name = name or getattr(tensor, "name", None) or "input"
     return name.split(":")[0]
 

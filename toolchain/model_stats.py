@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .errors import InputError
+from .keras_graph import has_graph, nodes_in_order, sequential_graph
 
 CONV_CLASSES = ("Conv1D", "Conv2D", "Conv3D")
 TRANSPOSE_CLASSES = ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
@@ -114,14 +115,14 @@ def _graph_of(model: Any) -> Any:
     import keras
 
     if isinstance(model, keras.Sequential):
-        if getattr(model, "_functional", None) is None:
+        if sequential_graph(model) is None:
             raise InputError(
                 f"model '{model.name}' is a Sequential model that is not built; "
                 "call it on data or give it an Input first"
             )
-        return model._functional
+        return sequential_graph(model)
     if isinstance(model, keras.Model):
-        if hasattr(model, "_nodes_by_depth"):
+        if has_graph(model):
             return model
         raise InputError(
             f"model '{model.name}' is a subclassed keras.Model: its graph is not declared, so "
@@ -134,10 +135,7 @@ def _graph_nodes(model: Any) -> list[Any]:
     graph = _graph_of(model)
     if graph is None:
         raise InputError(f"'{getattr(model, 'name', model)}' is a layer, not a Keras model")
-    nodes = []
-    for depth in sorted(graph._nodes_by_depth, reverse=True):
-        nodes.extend(graph._nodes_by_depth[depth])
-    return nodes
+    return nodes_in_order(graph)
 
 
 def _layer_macs(layer: Any, inputs: list[Any], outputs: list[Any], name: str) -> int:
