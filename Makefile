@@ -1,9 +1,10 @@
 # Command 1: `make demo`   Command 2: `make test`   Benchmarks: `make bench` (`make bench-quick`)
+# Developers: `make test-quick` (no heavy tests), `make lint` (ruff + complexity), `make docs` (site/)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench bench-quick clean
+.PHONY: demo test test-quick lint docs docs-serve bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,13 +16,30 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 demo: $(VENV)/.installed
 	$(BIN)/edge-toolchain demo --out demo-run
+	@echo "The edge-toolchain command is $(abspath $(BIN))/edge-toolchain (not on PATH):"
+	@echo "  source $(VENV)/bin/activate    puts it on PATH for this shell"
 
-test: $(VENV)/.installed
-	$(BIN)/ruff check toolchain tests benchmarks
+test: lint
 	$(BIN)/python -m pytest -q -ra
 
+# the fast loop: everything but the tests marked heavy (keras.applications models, device venvs, emulator)
+test-quick: lint
+	$(BIN)/python -m pytest -q -ra -m "not heavy"
+
 lint: $(VENV)/.installed
-	$(BIN)/ruff check toolchain tests benchmarks
+	$(BIN)/ruff check toolchain tests benchmarks docs
+	$(BIN)/python tests/complexity.py
+
+$(VENV)/.docs-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test,docs]'
+	touch $@
+
+# the documentation site: docs/*.md -> site/ (fails on a broken link or a stale generated page)
+docs: $(VENV)/.docs-installed
+	$(BIN)/python -m mkdocs build --strict
+
+docs-serve: $(VENV)/.docs-installed
+	$(BIN)/python -m mkdocs serve
 
 # writes benchmarks/results/<date>-<machine>[-quick].json and .md; run it on a quiet machine
 bench: $(VENV)/.installed
@@ -31,4 +49,4 @@ bench-quick: $(VENV)/.installed
 	$(BIN)/python benchmarks/suite.py --quick
 
 clean:
-	rm -rf $(VENV) demo-run .pytest_cache
+	rm -rf $(VENV) demo-run .pytest_cache site

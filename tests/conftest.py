@@ -238,3 +238,25 @@ def device_profile(tmp_path_factory, device_python) -> Path:
         f'python = "{device_python}"\n[runtime]\ntflite_backend = "tflite_runtime"\n'
     )
     return path
+
+
+# ---- inspect: layers, cut points, droppable blocks (issue 18) -------------------------
+
+@pytest.fixture(scope="session")
+def residual_cnn_file(tmp_path_factory) -> Path:
+    """A small CNN with one identity residual block (res_add), a BatchNormalization and a head, saved."""
+    import keras
+
+    keras.utils.set_random_seed(8)
+    inputs = keras.Input((12, 12, 3), name="pixels")
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="stem")(inputs)
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="res_conv1")(x)
+    h = keras.layers.Conv2D(8, 3, padding="same", name="res_conv2")(h)
+    x = keras.layers.Add(name="res_add")([x, h])
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.Conv2D(16, 3, strides=2, name="reduce")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(4, activation="softmax", name="scores")(x)
+    path = tmp_path_factory.mktemp("models") / "residual_cnn_with_a_long_descriptive_name.keras"
+    keras.Model(inputs, outputs, name="residual_cnn").save(path)
+    return path

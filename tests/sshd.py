@@ -34,8 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+from system_packages import SSHD, require, sshd_missing
 
 
 def _free_port() -> int:
@@ -195,7 +194,8 @@ def start_ssh_server(folder: Path, attempts: int = 5) -> SSHServer:
 
 @pytest.fixture(scope="session")
 def ssh_server(tmp_path_factory) -> Iterator[SSHServer]:
-    """A real sshd on 127.0.0.1:<free port>, key login only, for the test user."""
+    """A real sshd on 127.0.0.1:<free port>, key login only, for the test user (skips without OpenSSH)."""
+    require("openssh-server openssh-client", sshd_missing())
     server = start_ssh_server(tmp_path_factory.mktemp("sshd"))
     yield server
     server.stop()

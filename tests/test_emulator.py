@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import random_images
+from system_packages import emulator_missing, require
 
 from toolchain.cli import main
 from toolchain.emulator.gate import gate_profile, tolerance_for_recipe
@@ -30,6 +31,7 @@ TEST_CACHE = Path(os.environ.get("EDGE_TOOLCHAIN_TEST_CACHE", Path.home() / ".ca
 def emulator_cache() -> Path:
     """The emulated stack (both boards, both runtimes), built once and cached across sessions."""
     folder = TEST_CACHE / "emulator"
+    require("qemu-user-static", emulator_missing(folder))
     setup_stack(folder)
     return folder
 

@@ -115,3 +115,39 @@ def test_debug_flag_shows_traceback(tmp_path, capsys):
 def test_version(capsys):
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.startswith("edge-toolchain 0.")
+
+
+def test_inspect_keras_json_lists_layers_and_what_truncate_accepts(residual_cnn_file, capsys, tmp_path):
+    code, out, _ = inspect_json(residual_cnn_file, capsys)
+    assert code == 0
+    info = json.loads(out)
+    layers = {layer["name"]: layer for layer in info["layers"]}
+    assert list(layers) == ["stem", "res_conv1", "res_conv2", "res_add", "bn", "reduce", "gap", "scores"]
+    assert layers["stem"] == {"name": "stem", "class": "Conv2D", "output_shape": [None, 12, 12, 8],
+                              "params": 3 * 3 * 3 * 8 + 8, "macs": 12 * 12 * 8 * 3 * 3 * 3}
+    assert layers["reduce"]["output_shape"] == [None, 5, 5, 16]
+    assert sum(layer["params"] for layer in info["layers"]) == info["parameters"]
+    assert info["droppable_blocks"] == ["res_add"]
+    assert "bn" in info["droppable_layers"] and "reduce" not in info["droppable_layers"]
+    assert info["cut_points"] and set(info["cut_points"]) <= set(layers)
+    # what inspect lists is what truncate takes
+    assert main(["truncate", str(residual_cnn_file), "-o", str(tmp_path / "cut.keras"),
+                 "--at", info["cut_points"][-1], "--drop", info["droppable_blocks"][0], "--json"]) == 0
+    cut = json.loads(capsys.readouterr().out)
+    assert cut["params"]["after"] < info["parameters"]
+
+
+def test_inspect_keras_with_unknown_dimensions_lists_layers_without_macs(tmp_path, capsys):
+    import keras
+
+    inputs = keras.Input((None, None, 3), name="image")
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    outputs = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    path = tmp_path / "any_size.keras"
+    keras.Model(inputs, outputs).save(path)
+    code, out, _ = inspect_json(path, capsys)
+    assert code == 0
+    conv = json.loads(out)["layers"][0]
+    assert conv["name"] == "conv" and conv["macs"] is None and conv["params"] == 3 * 3 * 3 * 4 + 4
+    assert main(["inspect", str(path)]) == 0
+    assert "conv" in capsys.readouterr().out

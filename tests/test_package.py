@@ -10,12 +10,13 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from toolchain.cli import main
 from toolchain.config import find_profile
 from toolchain.errors import BudgetError
-from toolchain.package import deterministic_tar_gz, select_artifacts
+from toolchain.package import class_names, deterministic_tar_gz, select_artifacts
 
 ROOT = Path(__file__).resolve().parent.parent
 FLASH = ROOT / "examples" / "flash.sh"
@@ -180,20 +181,21 @@ def test_tampering_with_recomputed_sums_is_caught_by_the_outer_sums(bundle, caps
     assert "the bundle's sha256 does not match" in capsys.readouterr().err
     (bundle.parent / "SHA256SUMS").unlink()
     assert main(["verify-bundle", str(bundle)]) == 0  # internally consistent; nothing to compare with
+    assert "consistent, not who made it (bundles are not signed)" in capsys.readouterr().out
 
 
 def test_bundle_structure_problems(bundle, capsys):
     _rewrite(bundle, lambda files: files.update({"extra.sh": b"rm -rf /"}))
     (bundle.parent / "SHA256SUMS").unlink()
     assert main(["verify-bundle", str(bundle)]) == 5
-    assert "extra.sh is not listed in SHA256SUMS" in capsys.readouterr().err
+    assert "unexpected member 'digits-1.2.0-local/extra.sh'" in capsys.readouterr().err
 
     _rewrite(bundle, lambda files: files.pop("SHA256SUMS"))
     assert main(["verify-bundle", str(bundle)]) == 5
     assert "no SHA256SUMS in the bundle" in capsys.readouterr().err
 
     def break_manifest(files):
-        files["manifest.json"] = b'{"bundle_schema_version": "1.0"}'
+        files["manifest.json"] = b'{"bundle_schema_version": "2.0"}'
     _rewrite(bundle, break_manifest)
     assert main(["verify-bundle", str(bundle)]) == 5
     assert "manifest.json breaks the bundle schema" in capsys.readouterr().err
@@ -245,3 +247,64 @@ def test_flash_script_copies_the_model_over_ssh(bundle, ssh_server, tmp_path):
     assert result.returncode == 1
     assert "checksum mismatch" in result.stderr
     assert not remote.exists(), "nothing is copied from a tampered bundle"
+
+
+def test_class_names_come_from_the_image_folder_note():
+    assert class_names({"notes": ["classes (label ids in order): cat, dog"]}) == ["cat", "dog"]
+    assert class_names({"notes": []}) is None and class_names(None) is None
+
+
+@pytest.fixture
+def emulated_pi_run(tmp_path, demo_inputs, monkeypatch) -> Path:
+    """A run that never touched a Pi: fp32 .tflite gated on the emulated Pi 4, a p90 budget."""
+    from toolchain.emulator.stack import setup_stack
+
+    cache = Path(os.environ.get("EDGE_TOOLCHAIN_TEST_CACHE", Path.home() / ".cache" / "edge-toolchain-tests"))
+    setup_stack(cache / "emulator")
+    monkeypatch.setenv("EDGE_TOOLCHAIN_CACHE", str(cache))
+    source = tmp_path / "source"
+    shutil.copytree(demo_inputs, source)
+    (source / "pi.toml").write_text(
+        '[model]\npath = "digits_cnn.keras"\nname = "digits"\n'
+        '[data]\neval = "digits_eval.npz"\nsamples = 64\nvalue_range = [0.0, 1.0]\n'
+        '[export]\nformats = ["tflite"]\ntargets = ["raspberry-pi-4-emulated"]\n'
+        '[verify]\nsamples = 64\n[report]\nenabled = false\n[bench]\nenabled = false\n'
+        '[budgets]\nmax_p90_ms = 50.0\n'
+    )
+    run_dir = tmp_path / "run"
+    assert main(["run", str(source / "pi.toml"), "--out", str(run_dir), "--quiet"]) == 0
+    return run_dir
+
+
+@pytest.mark.heavy
+def test_package_for_a_pi_you_do_not_own(emulated_pi_run, capsys):
+    """Unbenchmarked on the Pi, the p90 budget is unmeasured: the emulator gate on the Pi 4's
+    core and runtime stands in for it, and the bundle carries the verdict and golden outputs."""
+    run = emulated_pi_run
+    assert main(["package", str(run), "--target", "raspberry-pi-4", "--version", "1.0.0"]) == 0
+    out = capsys.readouterr().out
+    assert "accepted on the emulator gate (raspberry-pi-4-emulated:" in out
+    assert "in place of the unmeasured budget(s) p90_latency_ms" in out
+    bundle = run / "packages" / "digits-1.0.0-raspberry-pi-4.tar.gz"
+    assert main(["verify-bundle", str(bundle), "--json"]) == 0
+    capsys.readouterr()
+    with tarfile.open(bundle) as tar:
+        doc = json.loads(tar.extractfile("digits-1.0.0-raspberry-pi-4/manifest.json").read())
+        (artifact,) = doc["artifacts"]
+        (check,) = artifact["device_checks"]
+        assert (check["kind"], check["verdict"], check["qemu_cpu"]) == ("emulator-gate", "pass", "cortex-a72")
+        assert (check["backend"], check["backend_version"]) == ("tflite_runtime", "2.14.0")
+        (golden,) = artifact["golden"]
+        data = tar.extractfile(f"digits-1.0.0-raspberry-pi-4/{golden['file']}").read()
+    assert hashlib.sha256(data).hexdigest() == golden["sha256"]
+    with np.load(io.BytesIO(data)) as arrays:
+        assert {"input:image", "output:probs"} <= set(arrays.files)
+    assert artifact["budgets"]["passed"] is False  # stated as is: the budget was not measured
+    assert doc["preprocessing"]["value_range"] == [0.0, 1.0]
+    assert artifact["input_layout"] == {"image": "NHWC"}
+
+    # the Pi 5's Cortex-A76 was not gated: no stand-in, the budget stays unmeasured
+    assert main(["package", str(run), "--target", "raspberry-pi-5", "--version", "1.0.0"]) == 7
+    err = capsys.readouterr().err
+    assert "p90_latency_ms: not benchmarked on target 'raspberry-pi-5'" in err
+    assert "a run with export.targets = an emulated profile of this board gates it instead" in err

@@ -10,13 +10,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from system_packages import chromium, chromium_missing, require
 
 from toolchain.cli import main
 from toolchain.config import find_profile
 from toolchain.estimate import lower_bound_ms
 from toolchain.stages.report_html import pareto_front
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars"]
@@ -102,7 +102,7 @@ def test_report_refuses_a_failed_run(run_copy, capsys):
 
 def _chromium(*args: str) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory(prefix="chromium-profile.") as profile:
-        return subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+        return subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
                               capture_output=True, timeout=180)
 
 
@@ -112,8 +112,8 @@ def _png_size(data: bytes) -> tuple[int, int]:
 
 
 @pytest.mark.heavy
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; .ci/run does)")
 def test_html_report_renders_in_headless_chromium(demo_run, tmp_path):
+    require("chromium", chromium_missing())
     page = (demo_run / "report" / "report.html").resolve().as_uri()
     dumped = _chromium("--dump-dom", page)
     assert dumped.returncode == 0, dumped.stderr.decode()[-2000:]
@@ -191,3 +191,70 @@ def test_environment_warnings_show_throttling_and_powersave():
     assert row["temperatures"] == "cpu 81°C"
     assert row["warnings"] == ["throttled since boot", "'powersave' CPU governor: latency may be inflated",
                                "THROTTLED (b.tflite): throttled during the runs"]
+
+
+def test_budgets_column_says_dash_when_no_limit_was_checked(demo_run):
+    from toolchain.stages.report import summary_rows
+
+    docs_budgets = json.loads((demo_run / "budgets.json").read_text())
+    manifest = json.loads((demo_run / "manifest.json").read_text())
+    assert not any(r["checks"] for r in docs_budgets["results"]), "the demo sets no budgets"
+    assert {row["budget"] for row in summary_rows(manifest, docs_budgets)} == {"—"}
+    summary = (demo_run / "report" / "report.md").read_text().split("## Summary")[1].split("\n\n")[1]
+    body = summary.splitlines()[2:]
+    assert body and all(line.endswith("| — |") for line in body)
+    checked = json.loads(json.dumps(docs_budgets))
+    checked["results"][0]["checks"] = [{"passed": True, "reason": "p90 0.01 ms <= 5 ms"}]
+    first = checked["results"][0]
+    verdicts = {(r["artifact"], r["target"]): r["budget"] for r in summary_rows(manifest, checked)}
+    assert verdicts[(first["artifact"], first["target"])] == "pass"
+
+
+def test_emulated_targets_share_the_estimate_of_the_board_they_emulate(demo_run):
+    estimates = json.loads((demo_run / "estimates.json").read_text())
+    targets = {e["target"] for e in estimates["estimates"]}
+    assert {"raspberry-pi-4", "raspberry-pi-5"} <= targets
+    assert not any(t.endswith("-emulated") for t in targets), "same hardware listed twice"
+    skipped = {s["target"]: s["reason"] for s in estimates["skipped"]}
+    assert skipped["raspberry-pi-4-emulated"] == "emulates raspberry-pi-4's hardware (see its estimate)"
+    md = (demo_run / "report" / "report.md").read_text()
+    assert "no estimate for raspberry-pi-5-emulated: emulates raspberry-pi-5's hardware" in md
+
+
+def test_int8_estimates_use_the_int8_peak_or_say_they_cannot(tmp_path):
+    from toolchain.estimate import NO_INT8_PEAK, estimate
+    from toolchain.stages.report import estimate_lines
+
+    artifacts = [{"name": "m.fp32.tflite", "recipe": "fp32", "bytes": 4 * 10**6},
+                 {"name": "m.int8.tflite", "recipe": "int8", "bytes": 10**6}]
+    doc = estimate(10**9, 1, artifacts, [find_profile("raspberry-pi-4"), find_profile("raspberry-pi-5")])
+    rows = {(e["artifact"], e["target"]): e for e in doc["estimates"]}
+    pi5_fp32, pi5_int8 = rows[("m.fp32.tflite", "raspberry-pi-5")], rows[("m.int8.tflite", "raspberry-pi-5")]
+    assert pi5_fp32["compute_ms"] == pytest.approx(2e9 / 153.6e9 * 1000)
+    assert pi5_int8["compute_ms"] == pytest.approx(2e9 / 614.4e9 * 1000) and pi5_int8["compute_precision"] == "int8"
+    assert pi5_int8["lower_bound_ms"] < pi5_fp32["lower_bound_ms"]
+    pi4_fp32, pi4_int8 = rows[("m.fp32.tflite", "raspberry-pi-4")], rows[("m.int8.tflite", "raspberry-pi-4")]
+    assert pi4_int8["compute_ms"] == pytest.approx(pi4_fp32["compute_ms"]) and pi4_int8["note"] == NO_INT8_PEAK
+    assert pi4_fp32["note"] is None and pi5_int8["note"] is None
+    md = "\n".join(estimate_lines(doc))
+    assert "614.4 GOP/s int8" in md and "153.6 GFLOP/s fp32" in md
+    assert f"- int8 artifacts on raspberry-pi-4: {NO_INT8_PEAK}" in md
+
+
+def test_latency_chart_labels_several_ticks_on_a_narrow_range(demo_run):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from toolchain.stages.report_html import latency_figure
+
+    bench = json.loads((demo_run / "bench.json").read_text())
+    for i, r in enumerate(bench["results"]):  # everything between 11 and 19 microseconds: inside one decade
+        low = 0.011 + 0.0005 * (i % 4)
+        r["latency_ms"].update(min=low, p50=low + 0.002, p90=low + 0.004, p99=low + 0.005, max=0.019)
+        r["latency_samples_ms"] = [low, low + 0.001, low + 0.002, low + 0.004]
+    fig = latency_figure(bench)
+    FigureCanvasAgg(fig).draw()
+    for ax in fig.axes:
+        low, high = ax.get_xlim()
+        labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text() and low <= t.get_position()[0] <= high]
+        assert len(labels) >= 3, labels
+        assert all(float(label) > 0 for label in labels), "plain numbers, not 10^x"

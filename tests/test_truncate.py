@@ -458,7 +458,7 @@ def test_truncate_is_exported_lazily():
     import sys
 
     code = ("import sys, toolchain; assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules; "
-            "from toolchain.stages.truncate import truncate; assert toolchain.truncate is truncate; print('ok')")
+            "from toolchain.api import truncate; assert toolchain.truncate is truncate; print('ok')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.stdout.strip() == "ok", result.stderr[-2000:]
 

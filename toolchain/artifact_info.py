@@ -218,4 +218,30 @@ def describe_keras(path: Path, *, trust: bool = False) -> dict[str, Any]:
         "ops": [{"name": k, "count": v} for k, v in sorted(layer_counts.items())],
         "model_name": model.name,
         "parameters": int(model.count_params()),
+        **keras_layers(model),
     }
+
+
+def keras_layers(model: Any) -> dict[str, Any]:
+    """Layers (address, class, output shape, params, MACs) and what `truncate --at/--drop` accept.
+
+    `cut_points` are the clean cuts (block boundaries: every path goes through them); `--at`
+    takes any listed layer. `droppable_blocks` are residual blocks by their Add layer,
+    `droppable_layers` the single shape-preserving layers.
+    """
+    from .errors import InputError
+    from .model_stats import layer_stats
+    from .stages.truncate import droppable_blocks, droppable_layers
+    from .sweep import block_boundaries
+
+    try:
+        return {
+            "layers": [{"name": s.name, "class": s.class_name, "output_shape": [None, *s.output_shape],
+                        "params": s.params, "macs": s.macs} for s in layer_stats(model, strict=False)],
+            "cut_points": block_boundaries(model),
+            "droppable_blocks": droppable_blocks(model),
+            "droppable_layers": droppable_layers(model),
+        }
+    except InputError as e:  # a subclassed model has no graph to list, cut or drop
+        return {"layers": [], "layers_note": str(e), "cut_points": [], "droppable_blocks": [],
+                "droppable_layers": []}

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from . import __version__
 from .errors import ToolchainError
+from .tables import UNLIMITED, Column, print_rows
 
 app = typer.Typer(
     name="edge-toolchain",
@@ -22,7 +23,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(width=None if sys.stdout.isatty() else 140)
+# piped output: COLUMNS if set, else unbounded (tables at their natural width, lines unwrapped)
+out = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else UNLIMITED)
 err = Console(stderr=True)
 STATE = {"debug": False}
 
@@ -110,11 +112,16 @@ def package(
     targets_dir: Annotated[
         Path | None, typer.Option("--targets-dir", help="A folder of your own target profiles.")
     ] = None,
+    class_names: Annotated[
+        Path | None, typer.Option("--class-names", help="Text file, one class name per line in label order, "
+                                                         "written into the bundle for device scripts.")
+    ] = None,
 ) -> None:
     """Write a reproducible release bundle RUN_DIR/packages/<model>-<version>-<target>.tar.gz."""
     from .package import package_run
 
-    result = package_run(run_dir, target, artifact or None, version, [targets_dir] if targets_dir else None)
+    result = package_run(run_dir, target, artifact or None, version, [targets_dir] if targets_dir else None,
+                         class_names)
     out.print(f"chose: {result.reason}", highlight=False)
     out.print(f"bundle: {result.path}\nsha256: {result.sha256}", highlight=False)
 
@@ -134,6 +141,9 @@ def verify_bundle_command(
     out.print(f"OK {summary['name']}: {summary['files']} files match SHA256SUMS and manifest.json; "
               f"target {summary['target']}, artifacts {', '.join(summary['artifacts'])}; "
               f"bundle checksum beside it: {summary['outer_checksum']}", highlight=False)
+    if summary["outer_checksum"] != "ok":
+        out.print("note: this shows the bundle is consistent, not who made it (bundles are not signed); compare "
+                  "its sha256 with a SHA256SUMS you got over a channel you trust", highlight=False)
 
 
 @app.command()
@@ -227,21 +237,27 @@ def verify_command(
     _print_verify(result, as_json)
 
 
+VERIFY_COLUMNS = (
+    Column("output", "output", "name"), Column("max", "max abs error", "number"),
+    Column("mean", "mean abs error", "number"), Column("cosine", "cosine min", "number"),
+    Column("top1", "top-1 agreement", "number"), Column("accuracy", "accuracy", "number"),
+)
+
+
 def _print_verify(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(result, indent=2, default=str))
         return
-    table = Table(title=f"{Path(result['artifact']).name} vs {Path(result['reference']).name} "
-                        f"({result['recipe']}, {result.get('samples', 0)} samples): {result['verdict']}",
-                  title_justify="left")
-    for column in ("output", "max abs error", "mean abs error", "cosine min", "top-1 agreement", "accuracy"):
-        table.add_column(column)
+    title = (f"{Path(result['artifact']).name} vs {Path(result['reference']).name} "
+             f"({result['recipe']}, {result.get('samples', 0)} samples): {result['verdict']}")
+    rows = []
     for name, m in result["outputs"].items():
         def fmt(key: str, spec: str = ".3g", m: dict = m) -> str:
             return "—" if m.get(key) is None else format(m[key], spec)
-        table.add_row(name, fmt("max_abs_error"), fmt("mean_abs_error"), fmt("cosine_min", ".6f"),
-                      fmt("top1_agreement", ".4f"), fmt("accuracy", ".4f"))
-    out.print(table)
+        rows.append({"output": name, "max": fmt("max_abs_error"), "mean": fmt("mean_abs_error"),
+                     "cosine": fmt("cosine_min", ".6f"), "top1": fmt("top1_agreement", ".4f"),
+                     "accuracy": fmt("accuracy", ".4f")})
+    print_rows(out, title, VERIFY_COLUMNS, rows)
     for failure in result["failures"]:
         out.print(f"  [red]✗[/] {failure}", highlight=False)
 
@@ -254,36 +270,72 @@ def inspect(
         bool, typer.Option("--trust-model", help="Allow Lambda layers (runs code from the file).")
     ] = False,
 ) -> None:
-    """Show a model file's inputs, outputs (with quantization), ops and size."""
+    """Show a model file's inputs, outputs (with quantization), ops and size; for a Keras model its layers
+    and where `truncate` can cut (--at) or drop (--drop)."""
     from .artifact_info import describe
 
     info = describe(file, trust=trust_model)
     if as_json:
         print(json.dumps(info, indent=2))
         return
-    out.print(f"[bold]{info['path']}[/]  {info['format']}, {info['bytes']:,} bytes, sha256 {info['sha256'][:16]}…")
+    _print_inspect(info)
+
+
+TENSOR_COLUMNS = (Column("name", "name", "name"), Column("shape", "shape", "name"), Column("dtype", "dtype", "name"),
+                  Column("quantization", "quantization"))
+LAYER_COLUMNS = (Column("index", "#", "number"), Column("name", "layer", "name"), Column("class", "class", "name"),
+                 Column("shape", "output shape", "name"), Column("params", "params", "number"),
+                 Column("macs", "MACs", "number"), Column("truncate", "truncate"))
+
+
+def _print_inspect(info: dict[str, Any]) -> None:
+    out.print(f"[bold]{info['path']}[/]", highlight=False)
+    out.print(f"{info['format']}, {info['bytes']:,} bytes, sha256 {info['sha256']}", highlight=False)
     for title in ("inputs", "outputs"):
-        table = Table(title=title, title_justify="left")
-        for column in ("name", "shape", "dtype", "quantization"):
-            table.add_column(column)
-        for t in info[title]:
-            q = t.get("quantization")
-            table.add_row(t["name"], str(t["shape"]), t["dtype"],
-                          "—" if not q else f"scale {q['scale']}, zero point {q['zero_point']}")
-        out.print(table)
+        print_rows(out, title, TENSOR_COLUMNS, [{
+            "name": t["name"], "shape": str(t["shape"]), "dtype": t["dtype"],
+            "quantization": "—" if not t.get("quantization") else
+            f"scale {t['quantization']['scale']}, zero point {t['quantization']['zero_point']}",
+        } for t in info[title]])
+    if info["format"] == "keras":
+        _print_keras_layers(info)
+        return
     ops = ", ".join(
         op["name"] + (f" v{op['version']}" if "version" in op else "")
         + (f" ×{op['count']}" if "count" in op else "")
         + (f" [{op['kind']}]" if op.get("kind") not in (None, "builtin") else "")
         for op in info["ops"]
     )
-    out.print(f"[bold]ops[/] ({len(info['ops'])}): {ops}")
+    out.print(f"[bold]ops[/] ({len(info['ops'])}): {ops}", highlight=False)
     if "opset" in info:
         out.print(f"[bold]opset[/]: {info['opset']}")
     if info.get("min_runtime_version"):
         out.print(f"[bold]min runtime version[/] (converter's estimate): {info['min_runtime_version']}")
     if info.get("metadata"):
         out.print(f"[bold]metadata[/]: {info['metadata']}")
+
+
+def _print_keras_layers(info: dict[str, Any]) -> None:
+    """The layer table and what `truncate --at / --drop` accept, so nobody needs Python to choose."""
+    marks: dict[str, list[str]] = {}
+    for key, mark in (("cut_points", "cut point"), ("droppable_blocks", "droppable block"),
+                      ("droppable_layers", "droppable")):
+        for name in info[key]:
+            marks.setdefault(name, []).append(mark)
+    rows = [{"index": str(i), "name": layer["name"], "class": layer["class"],
+             "shape": "(" + ", ".join("None" if d is None else str(d) for d in layer["output_shape"]) + ")",
+             "params": f"{layer['params']:,}", "macs": "?" if layer["macs"] is None else f"{layer['macs']:,}",
+             "truncate": ", ".join(marks.get(layer["name"], []))} for i, layer in enumerate(info["layers"])]
+    print_rows(out, f"layers of {info['model_name']} ({info['parameters']:,} parameters)", LAYER_COLUMNS, rows)
+    if info.get("layers_note"):
+        out.print(f"no layer list: {info['layers_note']}", highlight=False)
+        return
+    out.print("[bold]cut points[/] (truncate --at LAYER; any layer above is accepted, these cut between blocks): "
+              + (", ".join(info["cut_points"]) or "none"), highlight=False)
+    out.print("[bold]droppable blocks[/] (truncate --drop ADD_LAYER): "
+              + (", ".join(info["droppable_blocks"]) or "none"), highlight=False)
+    out.print("[bold]droppable layers[/] (truncate --drop LAYER, shape-preserving): "
+              + (", ".join(info["droppable_layers"]) or "none"), highlight=False)
 
 
 targets_app = typer.Typer(help="List target profiles, or show one.", no_args_is_help=False)
@@ -310,12 +362,8 @@ def targets_list(
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table(title="targets")
-    for column in ("name", "where", "runtime", "hardware", "threads"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(row["name"], row["where"], row["runtime"], row["hardware"], row["threads"])
-    out.print(table)
+    print_rows(out, "targets", [Column("name", "name", "name"), Column("where", "where"), Column("runtime", "runtime"),
+                                Column("hardware", "hardware"), Column("threads", "threads", "name")], rows)
 
 
 @targets_app.command("show")
@@ -343,6 +391,16 @@ def targets_show(
             out.print("  (none set)")
 
 
+BENCH_KINDS = {"artifact": "name", "target": "name", "backend": "text", "notes": "text"}  # the rest: numbers
+
+
+def _print_bench(results: list[dict[str, Any]]) -> None:
+    from .stages.bench import COMPARISON_COLUMNS, comparison_rows
+
+    columns = [Column(key, title, BENCH_KINDS.get(key, "number")) for key, title in COMPARISON_COLUMNS]
+    print_rows(out, "benchmark (latency per inference)", columns, comparison_rows(results))
+
+
 @app.command()
 def bench(
     artifacts: Annotated[list[Path], typer.Argument(help=".tflite / .onnx files to benchmark.")],
@@ -364,7 +422,7 @@ def bench(
     from .config import find_profile
     from .errors import InputError
     from .fileio import atomic_write_json
-    from .stages.bench import COMPARISON_COLUMNS, bench_document, comparison_rows, run_benchmarks
+    from .stages.bench import bench_document, run_benchmarks
 
     counts = None
     if threads is not None:
@@ -392,12 +450,7 @@ def bench(
     if as_json:
         print(json.dumps(document, indent=2))
         return
-    table = Table(title="benchmark (latency per inference)")
-    for key, title in COMPARISON_COLUMNS:
-        table.add_column(title, no_wrap=key in ("artifact", "target"))
-    for row in comparison_rows(results):
-        table.add_row(*[row[key] for key, _ in COMPARISON_COLUMNS])
-    out.print(table)
+    _print_bench(results)
     if out_file is not None:
         out.print(f"wrote {out_file}")
 
@@ -606,19 +659,18 @@ def sweep_command(
     out.print(f"sweep: {out_dir / 'sweep.json'}, {out_dir / 'sweep.md'}, {out_dir / 'sweep.png'}", highlight=False)
 
 
+SUMMARY_KINDS = {"artifact": "name", "format": "name", "recipe": "name", "verify": "name", "quality": "text",
+                 "target": "name", "budget": "name"}  # the rest: numbers
+
+
 def _print_summary(result: Any, quiet: bool) -> None:
     from .stages.report import COLUMNS, summary_rows
 
     budgets = getattr(result, "budgets", None) or {}
     rows = summary_rows(result.manifest, budgets)
-    table = Table(title="edge-toolchain run")
-    hidden = {"format"} | (set() if any(r["checks"] for r in budgets.get("results", [])) else {"budget"})
-    keep = [(k, t) for k, t in COLUMNS if k not in hidden]
-    for _, title in keep:
-        table.add_column(title)
-    for row in rows:
-        table.add_row(*[row[k] for k, _ in keep])
-    out.print(table)
+    hidden = set() if any(r["checks"] for r in budgets.get("results", [])) else {"budget"}
+    columns = [Column(key, title, SUMMARY_KINDS.get(key, "number")) for key, title in COLUMNS if key not in hidden]
+    print_rows(out, "edge-toolchain run", columns, rows)
     for r in budgets.get("results", []):
         if not r["passed"]:
             out.print(f"[red]over budget[/] {r['artifact']} on {r['target']}: {'; '.join(r['failures'])}",

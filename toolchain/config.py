@@ -465,6 +465,8 @@ class HardwareSection(Section):
     cores: int | None = Field(default=None, ge=1)
     ram_mb: int | None = Field(default=None, ge=1)
     peak_gflops: float | None = Field(default=None, gt=0)
+    # int8 multiply-accumulate peak (2 ops per MAC); unset: estimates cannot tell int8 from fp32 compute
+    peak_int8_gops: float | None = Field(default=None, gt=0)
     memory_bandwidth_gbs: float | None = Field(default=None, gt=0)
 
 

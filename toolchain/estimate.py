@@ -6,6 +6,12 @@ bytes once at peak memory bandwidth, so
 
     lower bound = max(MACs * 2 / peak FLOP/s, artifact bytes / bandwidth).
 
+The bytes are the artifact's, so a quantized file's smaller weights lower the memory
+term. Fully integer artifacts (int8, int8-float-io) do their MACs at the profile's
+`peak_int8_gops` when it gives one; without it their compute term uses the fp32 peak
+and the row says the estimate does not tell int8 from fp32 compute. An emulated
+profile describes the board it emulates: it gets no estimate of its own.
+
 Real latency is higher (runtime overhead, caches, activations, imperfect kernels),
 often by 3-10x on small models: this is an ESTIMATE, labelled as one everywhere.
 """
@@ -19,10 +25,14 @@ from .config import TargetProfile, list_profiles, load_profile
 from .errors import ConfigError, ToolchainError
 from .fileio import atomic_write_json
 
-ESTIMATES_SCHEMA_VERSION = "1.0"
-METHOD = ("lower bound = max(MACs x 2 / peak FLOP/s, artifact bytes / memory bandwidth) "
-          "from the target profile's [hardware] facts, assuming the weights stream from DRAM once per "
+ESTIMATES_SCHEMA_VERSION = "1.1"
+METHOD = ("lower bound = max(MACs x 2 / peak op/s, artifact bytes / memory bandwidth) "
+          "from the target profile's [hardware] facts (int8 artifacts at peak_int8_gops where the profile "
+          "gives it, else at the fp32 peak), assuming the weights stream from DRAM once per "
           "inference (a model that fits in cache can beat the memory term); not a measurement")
+INT8_COMPUTE_RECIPES = ("int8", "int8-float-io")  # integer-only kernels; dynamic and int16x8 are not
+NO_INT8_PEAK = ("profile has no hardware.peak_int8_gops: compute at the fp32 peak, so this bound does not "
+                "distinguish int8 from fp32 compute")
 
 
 def lower_bound_ms(macs: int, nbytes: int, peak_gflops: float, bandwidth_gbs: float) -> dict[str, Any]:
@@ -52,15 +62,7 @@ def estimate(
             skipped.append({"target": profile.name,
                             "reason": f"profile has no hardware.{' / hardware.'.join(missing)}"})
             continue
-        for artifact in artifacts:
-            rows.append({
-                "artifact": artifact["name"],
-                "target": profile.name,
-                "peak_gflops": hw.peak_gflops,
-                "memory_bandwidth_gbs": hw.memory_bandwidth_gbs,
-                "bytes": artifact["bytes"],
-                **lower_bound_ms(macs, artifact["bytes"], hw.peak_gflops, hw.memory_bandwidth_gbs),
-            })
+        rows.extend(_estimate_row(macs, artifact, profile) for artifact in artifacts)
     return {
         "schema_version": ESTIMATES_SCHEMA_VERSION,
         "kind": "estimate",
@@ -72,6 +74,30 @@ def estimate(
     }
 
 
+def _estimate_row(macs: int, artifact: dict[str, Any], profile: TargetProfile) -> dict[str, Any]:
+    hw = profile.hardware
+    int8 = artifact.get("recipe") in INT8_COMPUTE_RECIPES
+    peak, precision = (hw.peak_int8_gops, "int8") if int8 and hw.peak_int8_gops else (hw.peak_gflops, "fp32")
+    return {
+        "artifact": artifact["name"],
+        "target": profile.name,
+        "recipe": artifact.get("recipe"),
+        "peak_gflops": hw.peak_gflops,
+        "compute_peak_gops": peak,
+        "compute_precision": precision,
+        "memory_bandwidth_gbs": hw.memory_bandwidth_gbs,
+        "bytes": artifact["bytes"],
+        "note": NO_INT8_PEAK if int8 and precision == "fp32" else None,
+        **lower_bound_ms(macs, artifact["bytes"], peak, hw.memory_bandwidth_gbs),
+    }
+
+
+def _emulated_board(profile: TargetProfile, known: set[str]) -> str | None:
+    """The real board's profile name when `profile` emulates a board that has its own profile."""
+    board = profile.connection.board if profile.connection.kind == "emulated" else None
+    return board if board in known else None
+
+
 def unmeasured_profiles(
     measured: list[str], extra_dirs: list[Path] | None = None
 ) -> tuple[list[TargetProfile], list[dict[str, str]]]:
@@ -80,13 +106,21 @@ def unmeasured_profiles(
     An unreadable profile the run does not use must not fail the run: it is listed as skipped.
     """
     profiles, skipped = [], []
-    for name, path in sorted(list_profiles(extra_dirs).items()):
+    known = list_profiles(extra_dirs)
+    for name, path in sorted(known.items()):
         if name in measured:
             continue
         try:
-            profiles.append(load_profile(path))
+            profile = load_profile(path)
         except ConfigError as e:
             skipped.append({"target": name, "reason": f"profile could not be read: {e}"})
+            continue
+        board = _emulated_board(profile, set(known))
+        if board is None:
+            profiles.append(profile)
+        else:  # the same hardware facts: one estimate, under the real board's name
+            where = "measured in this run" if board in measured else "see its estimate"
+            skipped.append({"target": name, "reason": f"emulates {board}'s hardware ({where})"})
     return profiles, skipped
 
 

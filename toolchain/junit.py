@@ -20,6 +20,30 @@ def _case(parent: ET.Element, classname: str, name: str) -> ET.Element:
     return ET.SubElement(parent, "testcase", classname=classname, name=name, time="0")
 
 
+def _budget_case(suite: ET.Element, target: str, result: dict[str, Any], release_candidate: str | None) -> None:
+    case = _case(suite, f"budgets.{target}", result["artifact"])
+    props = ET.SubElement(case, "properties")
+    for metric, value in result["values"].items():
+        ET.SubElement(props, "property", name=metric, value="" if value is None else str(value))
+    if result["artifact"] == release_candidate:
+        ET.SubElement(props, "property", name="release_candidate", value="true")
+    if result["passed"]:
+        ET.SubElement(case, "system-out").text = "\n".join(c["reason"] for c in result["checks"]) or "no budgets set"
+        return
+    failed = [c for c in result["checks"] if not c["passed"]]
+    ET.SubElement(
+        case, "failure", type="BudgetExceeded",
+        message=", ".join(sorted({c["metric"] for c in failed})) + " over budget",
+    ).text = "\n".join(c["reason"] for c in failed)
+
+
+def _error_suite(root: ET.Element, error: str) -> None:
+    suite = ET.SubElement(root, "testsuite", name="edge-toolchain run", tests="1", failures="0",
+                          errors="1", skipped="0")
+    ET.SubElement(_case(suite, "edge-toolchain", "run"), "error", type="RunFailed",
+                  message=error.splitlines()[0] if error else "run failed").text = error
+
+
 def junit_xml(evaluation: dict[str, Any] | None, error: str | None = None) -> bytes:
     """The XML document for a budget evaluation, or for a run that ended with `error`."""
     root = ET.Element("testsuites", name="edge-toolchain budgets")
@@ -27,33 +51,17 @@ def junit_xml(evaluation: dict[str, Any] | None, error: str | None = None) -> by
     by_target: dict[str, list[dict[str, Any]]] = {}
     for result in (evaluation or {}).get("results", []):
         by_target.setdefault(result["target"], []).append(result)
+    release_candidate = (evaluation or {}).get("release_candidate")
     for target, results in by_target.items():
         failures = sum(not r["passed"] for r in results)
         suite = ET.SubElement(root, "testsuite", name=f"budgets.{target}", tests=str(len(results)),
                               failures=str(failures), errors="0", skipped="0")
-        for r in results:
-            case = _case(suite, f"budgets.{target}", r["artifact"])
-            props = ET.SubElement(case, "properties")
-            for metric, value in r["values"].items():
-                ET.SubElement(props, "property", name=metric, value="" if value is None else str(value))
-            if evaluation and r["artifact"] == evaluation.get("release_candidate"):
-                ET.SubElement(props, "property", name="release_candidate", value="true")
-            if not r["passed"]:
-                failed = [c for c in r["checks"] if not c["passed"]]
-                ET.SubElement(
-                    case, "failure", type="BudgetExceeded",
-                    message=", ".join(sorted({c["metric"] for c in failed})) + " over budget",
-                ).text = "\n".join(c["reason"] for c in failed)
-            else:
-                ET.SubElement(case, "system-out").text = "\n".join(
-                    c["reason"] for c in r["checks"]) or "no budgets set"
+        for result in results:
+            _budget_case(suite, target, result, release_candidate)
         totals["tests"] += len(results)
         totals["failures"] += failures
     if error is not None:
-        suite = ET.SubElement(root, "testsuite", name="edge-toolchain run", tests="1", failures="0",
-                              errors="1", skipped="0")
-        ET.SubElement(_case(suite, "edge-toolchain", "run"), "error", type="RunFailed",
-                      message=error.splitlines()[0] if error else "run failed").text = error
+        _error_suite(root, error)
         totals["tests"] += 1
         totals["errors"] += 1
     for key, value in totals.items():

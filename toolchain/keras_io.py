@@ -11,6 +11,7 @@ from typing import Any
 
 from .errors import ModelLoadError
 from .fileio import zip_size_problem
+from .keras_graph import producing_operation
 
 UNSAFE_LAYER_CLASSES = ("Lambda",)
 TRUST_HINT = "re-run with --trust-model (or trust = true under [model]) only if you trust its author"
@@ -37,6 +38,9 @@ def load_model(path: str | Path, *, trust: bool = False) -> Any:
             f"{path}: refusing to load a model with {', '.join(unsafe)} layers "
             f"(they execute arbitrary code when loaded); {TRUST_HINT}"
         )
+    from .native_chatter import quiet_tensorflow
+
+    quiet_tensorflow()  # before Keras imports TensorFlow
     import keras
 
     try:
@@ -175,8 +179,7 @@ def _tensor_name(tensor: Any) -> str:
 
 
 def _layer_name(tensor: Any) -> str:
-    history = getattr(tensor, "_keras_history", None)
-    name = getattr(getattr(history, "operation", None), "name", None)
+    name = getattr(producing_operation(tensor), "name", None)
     name = name or getattr(tensor, "name", None) or "input"
     return name.split(":")[0]
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .errors import InputError
+from .keras_graph import has_graph, nodes_in_order, sequential_graph
 
 CONV_CLASSES = ("Conv1D", "Conv2D", "Conv3D")
 TRANSPOSE_CLASSES = ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
@@ -27,7 +28,7 @@ class LayerStats:
     name: str
     class_name: str
     params: int
-    macs: int
+    macs: int | None  # None only from layer_stats(strict=False) when a dimension is unknown
     output_shape: tuple[int | None, ...]  # of the call counted, without the batch dimension
 
 
@@ -76,8 +77,12 @@ def model_stats(model: Any) -> ModelStats:
     )
 
 
-def layer_stats(model: Any, prefix: str = "") -> list[LayerStats]:
-    """One record per layer call in graph order; nested models are expanded."""
+def layer_stats(model: Any, prefix: str = "", strict: bool = True) -> list[LayerStats]:
+    """One record per layer call in graph order; nested models are expanded.
+
+    strict=False lists a layer whose MACs depend on an unknown dimension with macs None
+    instead of refusing the model (`inspect` lists the layers of any graph model).
+    """
     stats: list[LayerStats] = []
     for node in _graph_nodes(model):
         layer = node.operation
@@ -85,11 +90,16 @@ def layer_stats(model: Any, prefix: str = "") -> list[LayerStats]:
             continue
         name = prefix + layer.name
         if _graph_of(layer) is not None:
-            stats.extend(layer_stats(layer, prefix=name + "/"))
+            stats.extend(layer_stats(layer, prefix=name + "/", strict=strict))
             continue
         inputs = [t for t in node.input_tensors]
         outputs = list(node.outputs)
-        macs = _layer_macs(layer, inputs, outputs, name)
+        try:
+            macs = _layer_macs(layer, inputs, outputs, name)
+        except InputError:
+            if strict:
+                raise
+            macs = None
         stats.append(LayerStats(
             name=name,
             class_name=type(layer).__name__,
@@ -105,14 +115,14 @@ def _graph_of(model: Any) -> Any:
     import keras
 
     if isinstance(model, keras.Sequential):
-        if getattr(model, "_functional", None) is None:
+        if sequential_graph(model) is None:
             raise InputError(
                 f"model '{model.name}' is a Sequential model that is not built; "
                 "call it on data or give it an Input first"
             )
-        return model._functional
+        return sequential_graph(model)
     if isinstance(model, keras.Model):
-        if hasattr(model, "_nodes_by_depth"):
+        if has_graph(model):
             return model
         raise InputError(
             f"model '{model.name}' is a subclassed keras.Model: its graph is not declared, so "
@@ -125,10 +135,7 @@ def _graph_nodes(model: Any) -> list[Any]:
     graph = _graph_of(model)
     if graph is None:
         raise InputError(f"'{getattr(model, 'name', model)}' is a layer, not a Keras model")
-    nodes = []
-    for depth in sorted(graph._nodes_by_depth, reverse=True):
-        nodes.extend(graph._nodes_by_depth[depth])
-    return nodes
+    return nodes_in_order(graph)
 
 
 def _layer_macs(layer: Any, inputs: list[Any], outputs: list[Any], name: str) -> int:

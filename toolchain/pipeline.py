@@ -199,26 +199,35 @@ def run_pipeline(
         }
         manifest = new_manifest(raw_config, config_sha256(raw_config), source)
         try:
-            result = _run_stages(config, model, run_dir, manifest, log, ctx)
-        except (ToolchainError, OSError) as e:
+            result = _run_stages_mapping_os_errors(config, model, run_dir, manifest, log, ctx)
+        except ToolchainError as e:
             if not lock.held:  # failed validating inputs: nothing was written
                 raise
-            error = e if isinstance(e, ToolchainError) else os_error(e)  # a full disk is a stage error
-            # the manifest lists only what this run completed, so it always matches the files
-            manifest["status"] = "failed"
-            manifest["error"] = str(error)
-            manifest["stages"] = log.records
-            with contextlib.suppress(ToolchainError, OSError):  # a full disk may refuse it too
-                write_manifest(run_dir, manifest)
-            if error is e:
-                raise
-            raise error from e
+            _write_failed_manifest(run_dir, manifest, log, e)
+            raise
         if key is not None:
             store_run(ctx.cache, key, result.manifest)
     finally:
         lock.release()
     raise_if_release_candidate_fails(result.budgets)  # exit 7, after the run's outputs are written
     return result
+
+
+def _run_stages_mapping_os_errors(*args: Any) -> RunResult:
+    """_run_stages, with an OSError (a full disk) turned into its ToolchainError: it gets the failed manifest."""
+    try:
+        return _run_stages(*args)
+    except OSError as e:
+        raise os_error(e) from e
+
+
+def _write_failed_manifest(run_dir: Path, manifest: dict[str, Any], log: StageLog, error: Exception) -> None:
+    """The manifest lists only what this run completed, so it always matches the files."""
+    manifest["status"] = "failed"
+    manifest["error"] = str(error)
+    manifest["stages"] = log.records
+    with contextlib.suppress(ToolchainError, OSError):  # a full disk may refuse it too
+        write_manifest(run_dir, manifest)
 
 
 def _replay(run_dir: Path, ctx: RunContext, key: str, log: StageLog) -> RunResult | None:

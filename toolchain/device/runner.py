@@ -104,16 +104,32 @@ def validate_request(request):
         raise RunnerError("bad_request", "request needs 'model': the path of a .tflite or .onnx file", 2)
     merged = dict(DEFAULTS)
     merged.update(request)
+    _check_choices(merged)
+    _check_counts(merged)
+    _check_seconds(merged)
+    _check_paths(merged)
+    return merged
+
+
+def _check_choices(merged):
     if merged["mode"] not in ("benchmark", "infer", "probe"):
         raise RunnerError("bad_request", "mode must be benchmark, infer or probe", 2)
     if merged["backend"] != "auto" and merged["backend"] not in BACKENDS:
         raise RunnerError("bad_request", "backend must be auto or one of %s" % ", ".join(BACKENDS), 2)
+    if not isinstance(merged["dequantize"], bool):
+        raise RunnerError("bad_request", "dequantize must be true or false", 2)
+
+
+def _check_counts(merged):
     for key in ("threads", "warmup_runs", "min_runs", "seed"):
         value = merged[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise RunnerError("bad_request", "%s must be a non-negative integer" % key, 2)
     if merged["threads"] < 1 or merged["min_runs"] < 1:
         raise RunnerError("bad_request", "threads and min_runs must be >= 1", 2)
+
+
+def _check_seconds(merged):
     for key in ("warmup_seconds", "min_seconds", "max_seconds"):
         value = merged[key]
         if (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value != value
@@ -121,14 +137,14 @@ def validate_request(request):
             raise RunnerError("bad_request", "%s must be a finite non-negative number" % key, 2)
     if merged["max_seconds"] <= 0:
         raise RunnerError("bad_request", "max_seconds must be > 0", 2)
+
+
+def _check_paths(merged):
     for key in ("inputs", "outputs"):
         if merged[key] is not None and not isinstance(merged[key], str):
             raise RunnerError("bad_request", "%s must be a path string or null" % key, 2)
     if merged["mode"] == "infer" and not merged["outputs"]:
         raise RunnerError("bad_request", "infer mode needs 'outputs': an .npz path to write", 2)
-    if not isinstance(merged["dequantize"], bool):
-        raise RunnerError("bad_request", "dequantize must be true or false", 2)
-    return merged
 
 
 # ---- memory and environment ----------------------------------------------------

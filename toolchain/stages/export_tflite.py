@@ -13,6 +13,7 @@ from ..data import CalibrationReader, Dataset
 from ..errors import ConfigError, DataError, StageError
 from ..fileio import atomic_write_bytes
 from ..keras_io import frozen_serving_function
+from ..native_chatter import filtered_native_stderr
 from ..tflite_metadata import add_metadata
 
 COMMON_CAUSES = (
@@ -66,7 +67,7 @@ def _convert(model: Any, recipe: str, batch_size: int | None, calibration: Datas
     import tensorflow as tf
 
     try:
-        with tflite_converter(model, batch_size) as (converter, function):
+        with filtered_native_stderr(), tflite_converter(model, batch_size) as (converter, function):
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
             if allow_flex:
                 converter.target_spec.supported_ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
@@ -158,7 +159,8 @@ def check_prepares(flatbuffer: bytes, what: str) -> None:
     from ai_edge_litert.interpreter import Interpreter
 
     try:
-        Interpreter(model_content=flatbuffer).allocate_tensors()
+        with filtered_native_stderr():
+            Interpreter(model_content=flatbuffer).allocate_tensors()
     except Exception as e:
         reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise StageError(
@@ -248,7 +250,8 @@ def keep_float_nodes(function: Any, model: Any, layers: list[str]) -> list[str]:
         raise ConfigError(
             f"keep_float: no layer named {unknown[0]!r} in '{model.name}'{did_you_mean(unknown[0], known)}"
         )
-    flatbuffer = tf.lite.TFLiteConverter.from_concrete_functions([function], model).convert()
+    with filtered_native_stderr():
+        flatbuffer = tf.lite.TFLiteConverter.from_concrete_functions([function], model).convert()
     names = _op_output_names(flatbuffer)
     nodes = [n for n in names if any(_belongs_to(n, layer) for layer in layers)]
     missing = [layer for layer in layers if not any(_belongs_to(n, layer) for n in names)]
@@ -290,7 +293,7 @@ def tflite_layer_errors(model: Any, calibration: Dataset, batch_size: int | None
 
     import tensorflow as tf
 
-    with tflite_converter(model, batch_size) as (converter, _):
+    with filtered_native_stderr(), tflite_converter(model, batch_size) as (converter, _):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative_dataset(calibration, batch_size)
         debugger = tf.lite.experimental.QuantizationDebugger(

@@ -47,7 +47,8 @@ def _fp32_p50(manifest: dict[str, Any]) -> dict[tuple[str, str, int], float]:
 
 
 def _budget_verdicts(budgets: dict[str, Any] | None) -> dict[tuple[str, str], str]:
-    return {(r["artifact"], r["target"]): "pass" if r["passed"] else "FAIL"
+    """pass / FAIL per (artifact, target); "—" where no limit was checked (nothing passed)."""
+    return {(r["artifact"], r["target"]): ("pass" if r["passed"] else "FAIL") if r["checks"] else "—"
             for r in (budgets or {}).get("results", [])}
 
 
@@ -173,16 +174,7 @@ def environment_rows(bench: dict[str, Any] | None) -> list[dict[str, Any]]:
         if key in seen:  # same environment: only add this benchmark's throttling
             seen[key]["warnings"] += [w for w in reasons if w not in seen[key]["warnings"]]
             continue
-        flags = env.get("throttled") or {}
-        warnings = list(reasons)
-        if r.get("throttled") and not reasons:
-            warnings.append("THROTTLED during the benchmark")
-        elif flags.get("throttled_since_boot"):
-            warnings.append("throttled since boot")
-        if flags.get("under_voltage_now"):
-            warnings.append("under-voltage")
-        if env.get("governor") and env["governor"] not in ("performance", "schedutil", "ondemand"):
-            warnings.append(f"'{env['governor']}' CPU governor: latency may be inflated")
+        warnings = _environment_warnings(r, reasons)
         temps = ", ".join(f"{k} {v:.0f}°C" for k, v in (env.get("temperatures_c") or {}).items())
         rows.append({
             "target": r["target"], "threads": r["threads"], "cpu": env.get("cpu_model") or "unknown",
@@ -194,6 +186,22 @@ def environment_rows(bench: dict[str, Any] | None) -> list[dict[str, Any]]:
         })
         seen[key] = rows[-1]
     return rows
+
+
+def _environment_warnings(result: dict[str, Any], reasons: list[str]) -> list[str]:
+    """Throttling, under-voltage and a power-saving governor: what makes a figure slow or noisy."""
+    env = result["environment"]
+    flags = env.get("throttled") or {}
+    warnings = list(reasons)
+    if result.get("throttled") and not reasons:
+        warnings.append("THROTTLED during the benchmark")
+    elif flags.get("throttled_since_boot"):
+        warnings.append("throttled since boot")
+    if flags.get("under_voltage_now"):
+        warnings.append("under-voltage")
+    if env.get("governor") and env["governor"] not in ("performance", "schedutil", "ondemand"):
+        warnings.append(f"'{env['governor']}' CPU governor: latency may be inflated")
+    return warnings
 
 
 def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
@@ -226,13 +234,29 @@ def estimate_lines(estimates: dict[str, Any] | None) -> list[str]:
              + (f"{estimates['macs_per_sample']:,}" if estimates.get("macs_per_sample") else "unknown")
              + f", batch {estimates['batch_size']}.", ""]
     if estimates.get("estimates"):
-        lines += _md_table(
-            ["Artifact", "Target", "Estimated lower bound (ms)", "Bound by", "Peak GFLOP/s", "Bandwidth GB/s"],
-            [[e["artifact"], e["target"], f"≥ {e['lower_bound_ms']:.4f} (estimate)", e["bound"],
-              f"{e['peak_gflops']:g}", f"{e['memory_bandwidth_gbs']:g}"] for e in estimates["estimates"]])
-    for s in estimates.get("skipped", []):
-        lines.append(f"- no estimate for {s['target']}: {s['reason']}")
-    return lines
+        lines += _md_table(ESTIMATE_HEADERS, [[e["artifact"], e["target"], f"≥ {e['lower_bound_ms']:.4f} (estimate)",
+                                               e["bound"], compute_peak(e), f"{e['memory_bandwidth_gbs']:g}"]
+                                              for e in estimates["estimates"]])
+    notes = estimate_notes(estimates)
+    return lines + ([""] if notes and estimates.get("estimates") else []) + [f"- {note}" for note in notes]
+
+
+ESTIMATE_HEADERS = ["Artifact", "Target", "Estimated lower bound (ms)", "Bound by", "Compute peak", "Bandwidth GB/s"]
+
+
+def compute_peak(row: dict[str, Any]) -> str:
+    """'614.4 GOP/s int8' or '57.6 GFLOP/s fp32': which peak the compute term used (older files: fp32)."""
+    peak = row.get("compute_peak_gops", row["peak_gflops"])
+    return f"{peak:g} GOP/s int8" if row.get("compute_precision") == "int8" else f"{peak:g} GFLOP/s fp32"
+
+
+def estimate_notes(estimates: dict[str, Any]) -> list[str]:
+    """One line per target whose int8 rows could not use an int8 peak, then the skipped targets."""
+    notes = {}
+    for e in estimates.get("estimates", []):
+        if e.get("note"):
+            notes.setdefault(e["target"], f"int8 artifacts on {e['target']}: {e['note']}")
+    return [*notes.values(), *(f"no estimate for {s['target']}: {s['reason']}" for s in estimates.get("skipped", []))]
 
 
 def _calibration_lines(manifest: dict[str, Any]) -> list[str]:
@@ -257,25 +281,10 @@ def render_markdown(
     estimates: dict[str, Any] | None = None,
     plots: dict[str, str] | None = None,
 ) -> str:
-    source = manifest["source_model"]
-    lines = [
-        f"# edge-toolchain report: {source.get('name', Path(source['path']).stem)}",
-        "",
-        f"- Run: {manifest['created_utc']}, edge-toolchain {manifest['toolchain_version']}",
-        f"- Source model: `{source['path']}` (sha256 `{source['sha256'][:12]}…`, "
-        f"{source['bytes'] / 1024:.1f} KB)",
-        "- Tools: " + ", ".join(f"{k} {v}" for k, v in manifest["tool_versions"].items() if v),
-        "- The same report with charts: [report.html](report.html) (self-contained, opens offline)",
-        *_calibration_lines(manifest),
-        "",
-        "## Summary",
-        "",
-        markdown_table(summary_rows(manifest, budgets)),
-        "",
-        "Accuracy is top-1 on the labelled evaluation data, with its change against the Keras "
-        "model; without labels, top-1 agreement with the Keras model. Speedup is the p50 of the "
-        "same format's fp32 artifact on the same target and threads divided by this p50.",
-    ]
+    lines = [*_md_head(manifest), "", "## Summary", "", markdown_table(summary_rows(manifest, budgets)), "",
+             "Accuracy is top-1 on the labelled evaluation data, with its change against the Keras "
+             "model; without labels, top-1 agreement with the Keras model. Speedup is the p50 of the "
+             "same format's fp32 artifact on the same target and threads divided by this p50."]
     verify_notes = [
         f"- **{a['name']}**: " + "; ".join(a["verify"]["failures"])
         for a in manifest["artifacts"]
@@ -289,30 +298,48 @@ def render_markdown(
         ["Artifact", "Bytes", "KB", "vs fp32 of its format"],
         [[r["artifact"], r["bytes"], r["kb"], r["vs_fp32"]] for r in size_rows(manifest)])]
     if bench and bench.get("results"):
-        lines += ["", "## Latency distributions (ms)", "", *_md_table(
-            ["Artifact", "Target", "Threads", "Runs", "min", "p50", "p90", "p95", "p99", "max", "std"],
-            [[r[k] for k in ("artifact", "target", "threads", "count", "min", "p50", "p90", "p95", "p99",
-                             "max", "std")] for r in latency_rows(bench)])]
-        lines += ["", "## Benchmark environments", ""]
-        for env in environment_rows(bench):
-            lines.append(
-                f"- **{env['target']}** ({env['threads']} thread(s)): {env['cpu']}, {env['cores']} cores, "
-                f"{env['machine']}, governor {env['governor']}, temperatures {env['temperatures']}; "
-                f"{env['software']}" + "".join(f"; **{w}**" for w in env["warnings"])
-            )
-        lines += [
-            "",
-            "Latency: per-inference wall time after warm-up, in a fresh process per benchmark, "
-            "random inputs unless stated. Peak RSS is the process's VmHWM after all runs.",
-        ]
-    if estimates:
-        est = estimate_lines(estimates)
-        if est:
-            lines += ["", *est]
+        lines += _md_latency(bench)
+    est = estimate_lines(estimates)
+    if est:
+        lines += ["", *est]
     if plots:
         lines += ["", "## Charts", ""]
         lines += [f"![{title}]({path})" for title, path in plots.items()]
     return "\n".join(lines) + "\n"
+
+
+def _md_head(manifest: dict[str, Any]) -> list[str]:
+    source = manifest["source_model"]
+    return [
+        f"# edge-toolchain report: {source.get('name', Path(source['path']).stem)}",
+        "",
+        f"- Run: {manifest['created_utc']}, edge-toolchain {manifest['toolchain_version']}",
+        f"- Source model: `{source['path']}` (sha256 `{source['sha256'][:12]}…`, "
+        f"{source['bytes'] / 1024:.1f} KB)",
+        "- Tools: " + ", ".join(f"{k} {v}" for k, v in manifest["tool_versions"].items() if v),
+        "- The same report with charts: [report.html](report.html) (self-contained, opens offline)",
+        *_calibration_lines(manifest),
+    ]
+
+
+def _md_latency(bench: dict[str, Any]) -> list[str]:
+    """Latency distributions and the environments they were measured in."""
+    lines = ["", "## Latency distributions (ms)", "", *_md_table(
+        ["Artifact", "Target", "Threads", "Runs", "min", "p50", "p90", "p95", "p99", "max", "std"],
+        [[r[k] for k in ("artifact", "target", "threads", "count", "min", "p50", "p90", "p95", "p99",
+                         "max", "std")] for r in latency_rows(bench)])]
+    lines += ["", "## Benchmark environments", ""]
+    for env in environment_rows(bench):
+        lines.append(
+            f"- **{env['target']}** ({env['threads']} thread(s)): {env['cpu']}, {env['cores']} cores, "
+            f"{env['machine']}, governor {env['governor']}, temperatures {env['temperatures']}; "
+            f"{env['software']}" + "".join(f"; **{w}**" for w in env["warnings"])
+        )
+    return lines + [
+        "",
+        "Latency: per-inference wall time after warm-up, in a fresh process per benchmark, "
+        "random inputs unless stated. Peak RSS is the process's VmHWM after all runs.",
+    ]
 
 
 def write_report(

@@ -16,8 +16,11 @@ from typing import Any
 from ..fileio import atomic_write_bytes, atomic_write_text
 from .report import (
     COLUMNS,
+    ESTIMATE_HEADERS,
     RunDocuments,
+    compute_peak,
     environment_rows,
+    estimate_notes,
     latency_rows,
     quality_value,
     size_rows,
@@ -68,6 +71,37 @@ def _png(fig: Any) -> bytes:
 
 
 def _latency_plot(bench: dict[str, Any]) -> bytes:
+    return _png(latency_figure(bench))
+
+
+# labelled ticks per decade by how many decades the axis spans: 1..9, then 1-2-5, 1-3, powers of ten
+LOG_TICK_SUBS = ((1.2, tuple(range(1, 10))), (2.5, (1, 2, 5)), (4.5, (1, 3)), (float("inf"), (1,)))
+
+
+def readable_log_axis(ax: Any, low: float, high: float) -> None:
+    """Plain-number tick labels on a log x axis: several per decade when the range is narrow.
+
+    Matplotlib labels only powers of ten, so a range inside one decade showed one or two labels.
+    """
+    import math
+
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    high = high if high > 0 else 1.0
+    low = low if 0 < low < high else high / 2
+    decades = math.log10(high / low)
+    ax.set_xlim(low / 1.15, high * 1.15)
+    if decades < 0.6:  # less than 4x: evenly spaced round numbers read best
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
+    else:
+        subs = next(subs for most, subs in LOG_TICK_SUBS if decades < most)
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs, numticks=30))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(1, 10)), numticks=30))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def latency_figure(bench: dict[str, Any]) -> Any:
     """Per target: each benchmark's spread (min..p99 line, p50..p90 box, max marker)."""
     from matplotlib.figure import Figure
 
@@ -99,10 +133,12 @@ def _latency_plot(bench: dict[str, Any]) -> bytes:
         ax.set_yticks(range(len(results)), labels)
         ax.set_title(f"target {target}" + (" (THROTTLED)" if any(r.get("throttled") for r in results) else ""))
         ax.set_xscale("log")
+        readable_log_axis(ax, min(r["latency_ms"]["min"] for r in results),
+                          max(r["latency_ms"]["max"] for r in results))
         ax.set_xlabel("latency per inference (ms, log scale)\nshaded: histogram of runs; line: min to p99; "
                       "box: p50 to p90; |: p50; x: max", fontsize=8)
         ax.grid(axis="x", alpha=0.3)
-    return _png(fig)
+    return fig
 
 
 def _tradeoff_plot(points: dict[str, list[tuple[float, float, str]]], kind: str,
@@ -200,7 +236,12 @@ def _verdict(text: str) -> str:
 
 
 def render_html(docs: RunDocuments, plots: dict[str, tuple[str, bytes]]) -> str:
-    m = docs.manifest
+    parts = [*_html_head(docs.manifest), *_html_summary(docs), *_html_budgets(docs.budgets), *_html_charts(plots),
+             *_html_measurements(docs), *_html_estimates(docs.estimates), "</body></html>"]
+    return "\n".join(parts) + "\n"
+
+
+def _html_head(m: dict[str, Any]) -> list[str]:
     source = m["source_model"]
     name = source.get("name") or Path(source["path"]).stem
     parts = [
@@ -218,77 +259,91 @@ def render_html(docs: RunDocuments, plots: dict[str, tuple[str, bytes]]) -> str:
     data = m.get("data") or {}
     if data.get("warning"):  # e.g. random calibration data: shout it
         parts.append(f'<p class="warn" id="data-warning">WARNING: {_e(data["warning"])}</p>')
-    parts.append('<h2 id="summary">Summary</h2>')
-    rows = summary_rows(m, docs.budgets)
-    parts.append(_table([t for _, t in COLUMNS], [
-        [_verdict(r[k]) if k in ("verify", "budget") else _e(r[k]) for k, _ in COLUMNS] for r in rows
-    ], raw=True))
-    parts.append("<p>Accuracy is top-1 on the labelled evaluation data with its change against the Keras "
-                 "model; without labels, top-1 agreement with the Keras model. Speedup: p50 of the same "
-                 "format's fp32 artifact on the same target and threads divided by this p50.</p>")
+    return parts
 
-    budgets = docs.budgets
-    if budgets and not any(r["checks"] for r in budgets.get("results", [])):
-        parts.append('<h2 id="budgets">Budgets</h2><p>No budgets set ([budgets] in the pipeline or a '
-                     "target profile).</p>")
-    elif budgets and budgets.get("results"):
-        parts.append('<h2 id="budgets">Budgets</h2>')
-        if budgets.get("release_candidate"):
-            ok = budgets.get("release_candidate_passed")
-            parts.append(f"<p>Release candidate <code>{_e(budgets['release_candidate'])}</code> "
-                         + ('<span class="pass">passes</span>' if ok else '<span class="fail">FAILS</span>')
-                         + " its budgets.</p>")
-        parts.append(_table(["Artifact", "Target", "Verdict", "Checks"], [[
-            _e(r["artifact"]), _e(r["target"]), _verdict("pass" if r["passed"] else "FAIL"),
-            "<br>".join(("" if c["passed"] else '<span class="fail">✗</span> ') + _e(c["reason"])
-                        for c in r["checks"]) or "no limits set",
-        ] for r in budgets["results"]], raw=True))
 
-    if plots:
-        parts.append('<h2 id="charts">Charts</h2>')
-        for key, (title, png) in plots.items():
-            data = base64.b64encode(png).decode("ascii")
-            parts.append(f'<figure id="plot-{_e(key)}"><img alt="{_e(title)}" '
-                         f'src="data:image/png;base64,{data}"><figcaption>{_e(title)}</figcaption></figure>')
+def _html_summary(docs: RunDocuments) -> list[str]:
+    rows = summary_rows(docs.manifest, docs.budgets)
+    return [
+        '<h2 id="summary">Summary</h2>',
+        _table([t for _, t in COLUMNS], [
+            [_verdict(r[k]) if k in ("verify", "budget") else _e(r[k]) for k, _ in COLUMNS] for r in rows
+        ], raw=True),
+        "<p>Accuracy is top-1 on the labelled evaluation data with its change against the Keras "
+        "model; without labels, top-1 agreement with the Keras model. Speedup: p50 of the same "
+        "format's fp32 artifact on the same target and threads divided by this p50.</p>",
+    ]
 
-    if docs.bench and docs.bench.get("results"):
-        parts.append('<h2 id="latency">Latency distributions (ms)</h2>')
+
+def _html_budgets(budgets: dict[str, Any] | None) -> list[str]:
+    if not budgets or not budgets.get("results"):
+        return []
+    if not any(r["checks"] for r in budgets["results"]):
+        return ['<h2 id="budgets">Budgets</h2><p>No budgets set ([budgets] in the pipeline or a '
+                "target profile).</p>"]
+    parts = ['<h2 id="budgets">Budgets</h2>']
+    if budgets.get("release_candidate"):
+        ok = budgets.get("release_candidate_passed")
+        parts.append(f"<p>Release candidate <code>{_e(budgets['release_candidate'])}</code> "
+                     + ('<span class="pass">passes</span>' if ok else '<span class="fail">FAILS</span>')
+                     + " its budgets.</p>")
+    parts.append(_table(["Artifact", "Target", "Verdict", "Checks"], [[
+        _e(r["artifact"]), _e(r["target"]), _verdict("pass" if r["passed"] else "FAIL"),
+        "<br>".join(("" if c["passed"] else '<span class="fail">✗</span> ') + _e(c["reason"])
+                    for c in r["checks"]) or "no limits set",
+    ] for r in budgets["results"]], raw=True))
+    return parts
+
+
+def _html_charts(plots: dict[str, tuple[str, bytes]]) -> list[str]:
+    if not plots:
+        return []
+    parts = ['<h2 id="charts">Charts</h2>']
+    for key, (title, png) in plots.items():
+        data = base64.b64encode(png).decode("ascii")
+        parts.append(f'<figure id="plot-{_e(key)}"><img alt="{_e(title)}" '
+                     f'src="data:image/png;base64,{data}"><figcaption>{_e(title)}</figcaption></figure>')
+    return parts
+
+
+def _html_measurements(docs: RunDocuments) -> list[str]:
+    """Latency distributions, sizes and the benchmark environments."""
+    benched = bool(docs.bench and docs.bench.get("results"))
+    parts = []
+    if benched:
         keys = ("artifact", "target", "threads", "count", "min", "p50", "p90", "p95", "p99", "max", "std")
-        parts.append(_table(["Artifact", "Target", "Threads", "Runs", "min", "p50", "p90", "p95", "p99",
-                             "max", "std"], [[r[k] for k in keys] for r in latency_rows(docs.bench)]))
-    parts.append('<h2 id="sizes">Sizes</h2>')
-    parts.append(_table(["Artifact", "Bytes", "KB", "vs fp32 of its format"],
-                        [[r["artifact"], r["bytes"], r["kb"], r["vs_fp32"]] for r in size_rows(m)]))
-
-    if docs.bench and docs.bench.get("results"):
-        parts.append('<h2 id="environments">Benchmark environments</h2>')
-        parts.append(_table(
+        parts += ['<h2 id="latency">Latency distributions (ms)</h2>',
+                  _table(["Artifact", "Target", "Threads", "Runs", "min", "p50", "p90", "p95", "p99", "max", "std"],
+                         [[r[k] for k in keys] for r in latency_rows(docs.bench)])]
+    parts += ['<h2 id="sizes">Sizes</h2>',
+              _table(["Artifact", "Bytes", "KB", "vs fp32 of its format"],
+                     [[r["artifact"], r["bytes"], r["kb"], r["vs_fp32"]] for r in size_rows(docs.manifest)])]
+    if benched:
+        parts += ['<h2 id="environments">Benchmark environments</h2>', _table(
             ["Target", "Threads", "CPU", "Cores", "Machine", "Governor", "Temperatures", "Software", "Warnings"],
             [[_e(r["target"]), _e(r["threads"]), _e(r["cpu"]), _e(r["cores"]), _e(r["machine"]),
               _e(r["governor"]), _e(r["temperatures"]), _e(r["software"]),
               " ".join(f'<span class="warn">{_e(w)}</span>' for w in r["warnings"]) or "none"]
-             for r in environment_rows(docs.bench)], raw=True))
-        parts.append("<p>Latency: per-inference wall time after warm-up, in a fresh process per benchmark, "
-                     "random inputs unless stated. Peak RSS is the process's VmHWM after all runs.</p>")
+             for r in environment_rows(docs.bench)], raw=True),
+            "<p>Latency: per-inference wall time after warm-up, in a fresh process per benchmark, "
+            "random inputs unless stated. Peak RSS is the process's VmHWM after all runs.</p>"]
+    return parts
 
-    est = docs.estimates
-    if est and (est.get("estimates") or est.get("skipped")):
-        parts.append('<h2 id="estimates">Estimates for targets not measured '
-                     '<span class="estimate">ESTIMATE</span></h2>')
-        macs = est.get("macs_per_sample")
-        parts.append(f"<p>Not measurements. {_e(est['method'])}. MACs per sample: "
-                     f"{_e(f'{macs:,}' if macs else 'unknown')}, batch {_e(est['batch_size'])}.</p>")
-        if est.get("estimates"):
-            parts.append(_table(
-                ["Artifact", "Target", "Estimated lower bound (ms)", "Bound by", "Peak GFLOP/s", "Bandwidth GB/s"],
-                [[_e(e["artifact"]), _e(e["target"]),
-                  f'≥ {e["lower_bound_ms"]:.4f} <span class="estimate">estimate</span>', _e(e["bound"]),
-                  _e(f"{e['peak_gflops']:g}"), _e(f"{e['memory_bandwidth_gbs']:g}")]
-                 for e in est["estimates"]], raw=True))
-        for s in est.get("skipped", []):
-            parts.append(f"<p>No estimate for {_e(s['target'])}: {_e(s['reason'])}</p>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+
+def _html_estimates(est: dict[str, Any] | None) -> list[str]:
+    if not est or not (est.get("estimates") or est.get("skipped")):
+        return []
+    macs = est.get("macs_per_sample")
+    parts = ['<h2 id="estimates">Estimates for targets not measured <span class="estimate">ESTIMATE</span></h2>',
+             f"<p>Not measurements. {_e(est['method'])}. MACs per sample: "
+             f"{_e(f'{macs:,}' if macs else 'unknown')}, batch {_e(est['batch_size'])}.</p>"]
+    if est.get("estimates"):
+        parts.append(_table(ESTIMATE_HEADERS, [
+            [_e(e["artifact"]), _e(e["target"]),
+             f'≥ {e["lower_bound_ms"]:.4f} <span class="estimate">estimate</span>', _e(e["bound"]),
+             _e(compute_peak(e)), _e(f"{e['memory_bandwidth_gbs']:g}")]
+            for e in est["estimates"]], raw=True))
+    return parts + [f"<p>{_e(note[0].upper() + note[1:])}</p>" for note in estimate_notes(est)]
 
 
 def write_reports(docs: RunDocuments) -> tuple[Path, Path]:

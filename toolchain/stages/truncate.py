@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError, InputError, StageError
+from ..keras_graph import has_graph, nodes_in_order, producing_node, producing_operation, sequential_graph
 from ..keras_io import did_you_mean
 
 HEAD_SYNTAX = (
@@ -137,13 +138,13 @@ def _functional_of(model: Any, what: str) -> Any:
     import keras
 
     if isinstance(model, keras.Sequential):
-        if getattr(model, "_functional", None) is None:
+        if sequential_graph(model) is None:
             raise InputError(
                 f"{what} '{model.name}' is a Sequential model without an input shape; "
                 "build it (give it a keras.Input) before truncating"
             )
-        return model._functional
-    if isinstance(model, keras.Model) and hasattr(model, "_nodes_by_depth"):
+        return sequential_graph(model)
+    if isinstance(model, keras.Model) and has_graph(model):
         return model
     raise InputError(
         f"{what} '{getattr(model, 'name', type(model).__name__)}' is not a Functional or Sequential "
@@ -159,9 +160,7 @@ def _is_submodel(layer: Any) -> bool:
 
 def _analyse(model: Any, prefix: str = "") -> _Graph:
     graph_model = _functional_of(model, "sub-model" if prefix else "model")
-    nodes = []
-    for depth in sorted(graph_model._nodes_by_depth, reverse=True):
-        nodes.extend(graph_model._nodes_by_depth[depth])
+    nodes = nodes_in_order(graph_model)
     producer: dict[int, Any] = {}
     consumers: dict[int, list[Any]] = {}
     by_name: dict[str, list[Any]] = {}
@@ -243,6 +242,26 @@ def droppable_blocks(model: Any) -> list[str]:
                 visit(_analyse(layer, graph.prefix + layer.name + "/"))
             elif type(layer).__name__ == "Add" and _residual_block(graph, node)[0] is not None:
                 found.append(graph.prefix + layer.name)
+
+    visit(_analyse(model))
+    return found
+
+
+def droppable_layers(model: Any) -> list[str]:
+    """Addresses of the single layers `drop` can bypass: one input, one output of the same shape and dtype."""
+    found: list[str] = []
+
+    def visit(graph: _Graph) -> None:
+        for node in graph.nodes:
+            layer = node.operation
+            if layer is None or node.is_input:
+                continue
+            ins, outs = node.input_tensors, node.outputs
+            if (len(ins) == 1 and len(outs) == 1 and tuple(ins[0].shape[1:]) == tuple(outs[0].shape[1:])
+                    and ins[0].dtype == outs[0].dtype):
+                found.append(graph.prefix + layer.name)
+            if _is_submodel(layer):
+                visit(_analyse(layer, graph.prefix + layer.name + "/"))
 
     visit(_analyse(model))
     return found
@@ -437,10 +456,9 @@ def _used_inputs(outputs: list[Any], new_inputs: list[Any]) -> set[int]:
         seen.add(id(t))
         if id(t) in wanted:
             used.add(id(t))
-        history = getattr(t, "_keras_history", None)
-        if history is None or history.operation is None:
+        node = producing_node(t)
+        if node is None:
             continue
-        node = history.operation._inbound_nodes[history.node_index]
         stack.extend(node.input_tensors)
     return used
 
@@ -537,8 +555,8 @@ def truncate(
 
 def _input_name(tensor: Any) -> str:
     """The InputLayer's name: the tensor's own name may be a generic 'keras_tensor_N'."""
-    history = getattr(tensor, "_keras_history", None)
-    return history.operation.name if history is not None and history.operation is not None else tensor.name
+    operation = producing_operation(tensor)
+    return operation.name if operation is not None else tensor.name
 
 
 def _removed_reason(address: str, plan: _Plan) -> str:

@@ -15,6 +15,7 @@ import numpy as np
 from ..artifact_info import to_artifact_layout
 from ..data import Dataset
 from ..errors import ConfigError, ModelLoadError, ParityError
+from ..native_chatter import filtered_native_stderr
 
 # Default tolerances per recipe.
 # fp32: the converters fuse ops (conv+bias+activation) and use other GEMM kernels, which
@@ -100,8 +101,9 @@ def _run_tflite(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarr
     from ai_edge_litert.interpreter import Interpreter
 
     try:
-        interpreter = Interpreter(model_path=str(path))
-        interpreter.allocate_tensors()
+        with filtered_native_stderr():
+            interpreter = Interpreter(model_path=str(path))
+            interpreter.allocate_tensors()
     except Exception as e:
         raise ModelLoadError(f"{path}: ai-edge-litert cannot load it: {e}") from e
     signatures = interpreter.get_signature_list()
