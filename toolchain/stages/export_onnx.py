@@ -9,7 +9,7 @@ from ..artifact_info import NCHW_INPUTS_KEY
 from ..config import DEFAULT_ONNX_OPSET, ONNX_RECIPES
 from ..errors import ConfigError, StageError
 from ..fileio import atomic_output
-from ..keras_io import frozen_serving_function
+from ..keras_io import as_functional, check_outputs_kept, frozen_serving_function, output_names
 
 MIN_OPSET = 13
 
@@ -50,6 +50,7 @@ def export_onnx(
     import onnx
     import tf2onnx
 
+    model = as_functional(model)
     function, specs = frozen_serving_function(model, batch_size)
     nchw_inputs = [spec.name for spec in specs if len(spec.shape) == 4] if nchw else []
     if nchw and not nchw_inputs:
@@ -68,6 +69,8 @@ def export_onnx(
             f"{str(e).strip().splitlines()[0][:400] if str(e).strip() else type(e).__name__}; "
             f"{COMMON_CAUSES}"
         ) from e
+    check_outputs_kept(output_names(model), [o.name for o in model_proto.graph.output],
+                       f"ONNX export of '{model.name}'")
     if batch_size is None:
         _name_batch_dimension(model_proto)
     metadata = dict(metadata or {})

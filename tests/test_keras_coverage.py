@@ -1,0 +1,141 @@
+"""Export coverage matrix (issue 15): every model family of tests/keras_families.py, in both
+formats, exported by us (batch 1, fixed batch N, dynamic batch) and by Keras' own
+`model.export`, each run in its real runtime (ai-edge-litert, onnxruntime) against Keras.
+
+A cell's measured outcome must match tests/keras_families.EXCEPTIONS (a pass where none is listed), which the docs table
+(docs/keras-coverage.md) is rendered from. Ours must pass wherever Keras' export passes, and
+may only fail with a ToolchainError that leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import keras_families
+import numpy as np
+import pytest
+from keras_families import FAMILIES, FIXED_BATCH, FORMATS, HEAVY, PASS, SIDES, expected, sample_inputs
+
+# float32 on both sides, but fused kernels and a different summation order (recurrent loops
+# accumulate over steps): 1e-4 absolute on activations of order 1
+ATOL, RTOL = 1e-4, 1e-3
+
+
+@functools.cache
+def family_model(family: str) -> Any:
+    return FAMILIES[family]()
+
+
+def keras_reference(model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    from toolchain.keras_io import run_keras
+
+    return run_keras(model, inputs)
+
+
+def run_artifact(path: Path, inputs: dict[str, np.ndarray], by_name: bool) -> list[tuple[str, np.ndarray]]:
+    """(name, output) in the artifact's output order. Ours are fed by input name; Keras' own
+    artifacts name inputs their own way, so they are fed in the model's input order."""
+    if path.suffix == ".tflite":
+        from ai_edge_litert.interpreter import Interpreter
+
+        runner = Interpreter(model_path=str(path)).get_signature_runner()
+        names = list(runner.get_input_details())
+        return sorted(runner(**_feed(names, inputs, by_name)).items())
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, _feed([node.name for node in session.get_inputs()], inputs, by_name))
+    return [(node.name, value) for node, value in zip(session.get_outputs(), outputs, strict=True)]
+
+
+def _feed(names: list[str], inputs: dict[str, np.ndarray], by_name: bool) -> dict[str, np.ndarray]:
+    if len(names) != len(inputs):
+        raise ValueError(f"the artifact has {len(names)} inputs for the model's {len(inputs)}")
+    if by_name:
+        return {name: inputs[name] for name in names}
+    return dict(zip(names, inputs.values(), strict=True))
+
+
+def ours(model: Any, fmt: str, batch: int | None, folder: Path) -> str:
+    """PASS, or our error message; an export that succeeds must match Keras output for output."""
+    from toolchain.errors import ToolchainError
+    from toolchain.keras_io import output_names
+    from toolchain.stages.export_onnx import export_onnx
+    from toolchain.stages.export_tflite import export_tflite
+
+    export = export_tflite if fmt == "tflite" else export_onnx
+    path = folder / f"ours-{batch}.{fmt}"
+    try:
+        export(model, path, batch_size=batch)
+    except ToolchainError as e:
+        assert not path.exists(), "a failed export left a file behind"
+        return f"refused: {e}"
+    inputs = sample_inputs(model, batch or 2, seed=batch or 0)
+    reference = keras_reference(model, inputs)
+    produced = dict(run_artifact(path, inputs, by_name=True))
+    assert len(produced) == len(model.outputs if hasattr(model, "inputs") else reference)
+    assert sorted(produced) == sorted(output_names(model)), "the artifact's outputs differ from the model's"
+    for name, value in reference.items():
+        np.testing.assert_allclose(produced[name], value, atol=ATOL, rtol=RTOL, err_msg=name)
+    return PASS
+
+
+def keras_export(model: Any, fmt: str, folder: Path) -> str:
+    """PASS, or where Keras' own export fails: exporting, loading, output count, or values."""
+    path = folder / f"keras.{fmt}"
+    try:
+        model.export(str(path), format="litert" if fmt == "tflite" else "onnx", verbose=False)
+    except Exception as e:
+        return f"export: {type(e).__name__}: {_first_line(e)}"
+    inputs = sample_inputs(model, 2, seed=5)
+    reference = keras_reference(model, inputs)
+    try:
+        produced = run_artifact(path, inputs, by_name=False)
+    except Exception as e:
+        return f"run: {type(e).__name__}: {_first_line(e)}"
+    if len(produced) != len(reference):
+        return f"outputs: {len(produced)} outputs for the model's {len(reference)}"
+    for (_, value), (name, want) in zip(produced, reference.items(), strict=True):
+        if value.shape != want.shape or not np.allclose(value, want, atol=ATOL, rtol=RTOL):
+            return f"parity: output {name} differs"
+    return PASS
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]
+
+
+def measure(family: str, fmt: str, folder: Path) -> dict[str, str]:
+    model = family_model(family)
+    batches = dict(zip(SIDES, (1, FIXED_BATCH, None), strict=False))
+    measured = {side: ours(model, fmt, batch, folder) for side, batch in batches.items()}
+    measured["keras.export"] = keras_export(model, fmt, folder)
+    return measured
+
+
+CELLS = [
+    pytest.param(family, fmt, marks=[pytest.mark.heavy] if family in HEAVY else [])
+    for family in FAMILIES for fmt in FORMATS
+]
+
+
+@pytest.mark.parametrize(("family", "fmt"), CELLS)
+def test_family_exports(family, fmt, tmp_path):
+    measured = measure(family, fmt, tmp_path)
+    print(f"{family} {fmt}: {measured}")
+    for side, outcome in measured.items():
+        want = expected(family, fmt, side)
+        if want is None:
+            assert outcome == PASS, f"{family} {fmt} {side}: {outcome}"
+        else:
+            assert want[0] in outcome, f"{family} {fmt} {side}: expected {want[0]!r}, measured {outcome!r}"
+    if measured["keras.export"] == PASS:  # ours passes wherever Keras' export passes
+        assert measured["dynamic batch"] == PASS
+
+
+def test_every_exception_names_a_known_cell():
+    for family, fmt, side in keras_families.EXCEPTIONS:
+        assert family in FAMILIES and fmt in FORMATS and side in SIDES
