@@ -247,6 +247,33 @@ FAMILIES = {f.__name__: f for f in (
     nested_shared, custom_layer, dynamic_spatial, preprocessing, gelu_mix,
 )}
 
+DESCRIPTIONS = {
+    "sequential": "Sequential Dense stack",
+    "functional_cnn": "functional Conv2D, pooling, BatchNormalization, Dense",
+    "subclassed": "keras.Model subclass with call(), two outputs",
+    "list_inputs": "two inputs given as a list",
+    "dict_inputs": "two inputs given as a dict",
+    "several_outputs": "two heads as a dict of outputs",
+    "lstm_states": "LSTM with return_sequences and return_state (6 outputs from 2 layers)",
+    "gru_simple_rnn": "stacked GRU (return_sequences) and SimpleRNN",
+    "bidirectional": "Bidirectional LSTM",
+    "masking": "Masking before a GRU",
+    "dynamic_time": "GRU over a dynamic number of time steps",
+    "initial_states": "LSTM with its initial states as model inputs",
+    "conv1d": "Conv1D, MaxPooling1D, GlobalAveragePooling1D",
+    "conv3d": "Conv3D, GlobalAveragePooling3D",
+    "pooling3d": "MaxPooling3D",
+    "transposed_depthwise": "DepthwiseConv2D, SeparableConv2D, Conv2DTranspose",
+    "embedding": "Embedding of int32 tokens",
+    "transformer": "MultiHeadAttention, LayerNormalization, GELU feed-forward",
+    "time_distributed": "TimeDistributed(Dense)",
+    "nested_shared": "a nested functional model, shared by two inputs",
+    "custom_layer": "custom layer with its own weights and get_config",
+    "dynamic_spatial": "Conv2D on a dynamic height and width",
+    "preprocessing": "Rescaling, Normalization, Resizing",
+    "gelu_mix": "exact and tanh GELU on the same tensor",
+}
+
 RECURRENT = ("lstm_states", "gru_simple_rnn", "bidirectional", "masking", "dynamic_time", "initial_states")
 # the slow part of the matrix (a recurrent loop takes seconds to convert): pytest.mark.heavy
 HEAVY = (*RECURRENT, "transformer")

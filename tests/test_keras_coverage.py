@@ -139,3 +139,81 @@ def test_family_exports(family, fmt, tmp_path):
 def test_every_exception_names_a_known_cell():
     for family, fmt, side in keras_families.EXCEPTIONS:
         assert family in FAMILIES and fmt in FORMATS and side in SIDES
+
+
+def test_docs_table_is_rendered_from_the_matrix():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, str(root / "docs" / "gen_keras_coverage.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_outputs_of_one_layer_get_unique_names():
+    from toolchain.keras_io import output_names, unique_names
+
+    assert output_names(family_model("lstm_states")) == [
+        "lstm", "lstm_1", "lstm_2", "lstm_top", "lstm_top_1", "lstm_top_2"]
+    # a suffix another output already carries is skipped
+    assert unique_names(["dense", "dense", "dense_1"]) == ["dense", "dense_2", "dense_1"]
+
+
+def test_an_artifact_that_loses_an_output_is_refused():
+    from toolchain.errors import StageError
+    from toolchain.keras_io import check_outputs_kept
+
+    check_outputs_kept(["lstm", "lstm_1"], ["lstm_1", "lstm"], "ONNX export of 'm'")
+    lost = r"has 1 outputs but the model has 2 \(missing: lstm_1; unexpected: none\)"
+    with pytest.raises(StageError, match=lost) as e:
+        check_outputs_kept(["lstm", "lstm_1"], ["lstm"], "ONNX export of 'm'")
+    assert e.value.exit_code == 4
+
+
+def _subclass(call):
+    import keras
+
+    class Custom(keras.Model):
+        def __init__(self):
+            super().__init__(name="custom")
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, inputs):
+            return call(self, inputs)
+
+    return Custom()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_subclassed_model_never_called_is_refused(tmp_path, fmt):
+    from toolchain.errors import ConfigError
+    from toolchain.stages.export_onnx import export_onnx
+    from toolchain.stages.export_tflite import export_tflite
+
+    export = export_tflite if fmt == "tflite" else export_onnx
+    model = _subclass(lambda self, x: self.dense(x))
+    with pytest.raises(ConfigError, match=r"subclassed model 'custom' has never been called.*call it once"):
+        export(model, tmp_path / f"m.{fmt}")
+    assert not (tmp_path / f"m.{fmt}").exists()
+
+
+def test_subclassed_model_with_nested_inputs_is_refused(tmp_path):
+    from toolchain.errors import ConfigError
+    from toolchain.stages.export_onnx import export_onnx
+
+    model = _subclass(lambda self, x: self.dense(x["a"]) + self.dense(x["b"]))
+    model({"a": np.zeros((1, 3), np.float32), "b": np.zeros((1, 3), np.float32)})
+    with pytest.raises(ConfigError, match=r"'custom' takes nested inputs .*wrap it in a functional model"):
+        export_onnx(model, tmp_path / "m.onnx")
+
+
+def test_subclassed_model_that_needs_concrete_values_is_refused(tmp_path):
+    from toolchain.errors import ConfigError
+    from toolchain.stages.export_tflite import export_tflite
+
+    model = _subclass(lambda self, x: self.dense(x) * float(np.asarray(x).max()))
+    model(np.ones((1, 3), np.float32))
+    with pytest.raises(ConfigError, match=r"'custom' cannot be traced on symbolic inputs"):
+        export_tflite(model, tmp_path / "m.tflite")
+    assert not (tmp_path / "m.tflite").exists()
