@@ -287,6 +287,7 @@ FLEX_RNN = ("the loop's TensorList ops then need Flex kernels",
             "refused (tflite-runtime/ai-edge-litert have no Flex): export with a fixed batch")
 KERAS_FLEX = ("Select TensorFlow op",
               "writes an artifact with Flex ops that ai-edge-litert (and tflite-runtime) cannot run")
+ERFC_ONNX = ("INVALID_GRAPH", "invalid ONNX: tf2onnx has no mapping for Erfc (Keras' exact GELU)")
 POOL3D = ("has no 3-D pooling kernel", "TFLite has no 3-D pooling builtin: refused before writing, naming the layer")
 
 # Cells that are not a pass: (family, format, side) -> (text the measured failure contains, reason)
@@ -295,8 +296,11 @@ EXCEPTIONS: dict[tuple[str, str, str], tuple[str, str]] = {
     **{(family, "tflite", "keras.export"): KERAS_FLEX for family in RECURRENT},
     **{("pooling3d", "tflite", side): POOL3D for side in OURS_SIDES},
     ("pooling3d", "tflite", "keras.export"): KERAS_FLEX,
-    ("transformer", "onnx", "keras.export"): (
-        "INVALID_GRAPH", "invalid ONNX: tf2onnx has no mapping for Erfc (Keras' exact GELU)"),
+    ("transformer", "onnx", "keras.export"): ERFC_ONNX,
+    ("gelu_mix", "onnx", "keras.export"): ERFC_ONNX,
+    ("gelu_mix", "tflite", "keras.export"): (
+        "Erfc", "conversion fails: sharing 0.5 * x with the tanh GELU keeps the exact GELU from being "
+                "fused, and its Erfc has no TFLite kernel"),
     ("preprocessing", "onnx", "keras.export"): (
         "inputs for the model's", "Normalization's mean and variance become extra graph inputs"),
 }

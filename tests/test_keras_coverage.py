@@ -217,3 +217,28 @@ def test_subclassed_model_that_needs_concrete_values_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"'custom' cannot be traced on symbolic inputs"):
         export_tflite(model, tmp_path / "m.tflite")
     assert not (tmp_path / "m.tflite").exists()
+
+
+# ---- truncation on these families: what it can and cannot cut --------------------------
+
+def test_truncate_at_a_recurrent_layer_keeps_its_states_and_refuses_its_cell():
+    from toolchain.errors import InputError
+    from toolchain.stages.truncate import truncate
+
+    model = family_model("lstm_states")
+    assert [tuple(t.shape) for t in truncate(model, at="lstm").outputs] == [(None, 5, 4), (None, 4), (None, 4)]
+    with pytest.raises(InputError, match=r"'lstm/lstm_cell' as a cut point: it is inside recurrent layer 'lstm' "
+                                         r"\(LSTM\), which runs it once per time step .*cut at 'lstm' itself"):
+        truncate(model, at="lstm/lstm_cell")
+    with pytest.raises(InputError, match=r"gives 3 outputs \(recurrent layer 'lstm' returns the whole sequence "
+                                         r"and its states\); .*return_state=False"):
+        truncate(model, at="lstm", head="classes:3")
+
+
+def test_truncate_refuses_a_subclassed_model_and_says_export_takes_it_whole():
+    from toolchain.errors import InputError
+    from toolchain.stages.truncate import truncate
+
+    with pytest.raises(InputError, match=r"'two_heads' is not a Functional .*rebuild it functionally to truncate it "
+                                         r"\(export and verify take it whole"):
+        truncate(family_model("subclassed"), at=0)

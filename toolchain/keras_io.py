@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -301,7 +303,8 @@ def serving_function(model: Any, batch_size: int | None = 1) -> tuple[Any, list[
     return tf.function(serve, input_signature=specs), specs
 
 
-def frozen_serving_function(model: Any, batch_size: int | None = 1) -> tuple[Any, list[Any]]:
+def frozen_serving_function(model: Any, batch_size: int | None = 1, *,
+                            tanh_gelu_as_sigmoid: bool = False) -> tuple[Any, list[Any]]:
     """The serving tf.function with everything it captures frozen to constants, outputs named.
 
     Both converters need it. TFLite: converting the unfrozen function with the model as
@@ -312,6 +315,7 @@ def frozen_serving_function(model: Any, batch_size: int | None = 1) -> tuple[Any
     ONNX inputs the caller would have to feed. Freezing drops the output names, so a thin
     wrapper restores them. Control flow stays as While/If ops: lowered into Switch/Merge,
     a recurrent layer's loop is neither a valid ONNX Loop nor a TFLite WHILE.
+    `tanh_gelu_as_sigmoid`: see `sigmoid_tanh_gelu()`.
     """
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import (
@@ -319,7 +323,8 @@ def frozen_serving_function(model: Any, batch_size: int | None = 1) -> tuple[Any
     )
 
     function, specs = serving_function(model, batch_size)
-    concrete = function.get_concrete_function()
+    with sigmoid_tanh_gelu() if tanh_gelu_as_sigmoid else contextlib.nullcontext():
+        concrete = function.get_concrete_function()
     frozen = convert_variables_to_constants_v2(concrete, lower_control_flow=False)
     structure = concrete.structured_outputs
 
@@ -329,3 +334,33 @@ def frozen_serving_function(model: Any, batch_size: int | None = 1) -> tuple[Any
         return tf.nest.pack_sequence_as(structure, tf.nest.flatten(flat))
 
     return named, specs
+
+
+@contextlib.contextmanager
+def sigmoid_tanh_gelu() -> Iterator[None]:
+    """While tracing, emit tanh-approximate GELU as x * sigmoid(2z), the same function.
+
+    TF writes both GELUs as 0.5 * x * (...). Applied to one tensor, the graph optimizers
+    share that product between them, which breaks the converters' GELU patterns: TFLite
+    then leaves the exact GELU's Erfc without a kernel, tf2onnx writes a node whose input
+    it removed. Without 0.5 * x in the approximate one, nothing is shared.
+    """
+    import math
+
+    import tensorflow as tf
+
+    original = tf.nn.gelu
+    scale = 2.0 * math.sqrt(2.0 / math.pi)
+
+    def gelu(features: Any, approximate: bool = False, name: str | None = None) -> Any:
+        if not approximate:
+            return original(features, approximate=False, name=name)
+        x = tf.convert_to_tensor(features)
+        cube = tf.cast(0.044715, x.dtype) * x * x * x
+        return x * tf.sigmoid(tf.cast(scale, x.dtype) * (x + cube))
+
+    tf.nn.gelu = gelu
+    try:
+        yield
+    finally:
+        tf.nn.gelu = original

@@ -51,7 +51,7 @@ def export_onnx(
     import tf2onnx
 
     model = as_functional(model)
-    function, specs = frozen_serving_function(model, batch_size)
+    function, specs = frozen_serving_function(model, batch_size, tanh_gelu_as_sigmoid=True)
     nchw_inputs = [spec.name for spec in specs if len(spec.shape) == 4] if nchw else []
     if nchw and not nchw_inputs:
         raise ConfigError(

@@ -67,34 +67,50 @@ def export_tflite(
 
 def _convert(model: Any, recipe: str, batch_size: int | None, calibration: Dataset | None,
              keep_float: list[str] | None, allow_flex: bool) -> bytes:
-    import tensorflow as tf
-
+    args = (model, recipe, batch_size, calibration, keep_float, allow_flex)
     try:
-        with tflite_converter(model, batch_size) as (converter, function):
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-            if allow_flex:
-                converter.target_spec.supported_ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
-                # keep a dynamic-batch RNN's TensorList ops whole, as Flex kernels
-                converter._experimental_lower_tensor_list_ops = False
-            _apply_recipe(converter, recipe, calibration, batch_size)
-            if keep_float and recipe in CALIBRATED:
-                return _selective_quantize(converter, function, model, calibration, batch_size, keep_float)
-            return converter.convert()
+        try:
+            return _run_converter(*args, tanh_gelu_as_sigmoid=False)
+        except Exception as e:
+            if UNFUSED_ERFC not in str(e):
+                raise
+            return _run_converter(*args, tanh_gelu_as_sigmoid=True)  # see keras_io.sigmoid_tanh_gelu()
     except (ConfigError, DataError):
         raise
     except Exception as e:
-        flex = _select_ops(e)
-        if flex:
-            raise StageError(
-                f"TFLite conversion of '{model.name}' ({recipe}) failed: ops with no TFLite builtin "
-                f"kernel: {flex}; replace the layers that use them, or set export.tflite.allow_flex "
-                "= true (--allow-flex) if the device's interpreter links the Flex delegate "
-                "(tflite-runtime does not)"
-            ) from e
-        raise StageError(
-            f"TFLite conversion of '{model.name}' ({recipe}) failed: "
-            f"{_first_line(e)}; {COMMON_CAUSES}"
-        ) from e
+        raise _conversion_error(model, recipe, e) from e
+
+
+# the converter's message when an exact GELU was not fused (its Erfc has no builtin kernel)
+UNFUSED_ERFC = "'tf.Erfc' op is neither a custom op nor a flex op"
+
+
+def _run_converter(model: Any, recipe: str, batch_size: int | None, calibration: Dataset | None,
+                   keep_float: list[str] | None, allow_flex: bool, tanh_gelu_as_sigmoid: bool) -> bytes:
+    import tensorflow as tf
+
+    with tflite_converter(model, batch_size, tanh_gelu_as_sigmoid) as (converter, function):
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if allow_flex:
+            converter.target_spec.supported_ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
+            # keep a dynamic-batch RNN's TensorList ops whole, as Flex kernels
+            converter._experimental_lower_tensor_list_ops = False
+        _apply_recipe(converter, recipe, calibration, batch_size)
+        if keep_float and recipe in CALIBRATED:
+            return _selective_quantize(converter, function, model, calibration, batch_size, keep_float)
+        return converter.convert()
+
+
+def _conversion_error(model: Any, recipe: str, e: Exception) -> StageError:
+    flex = _select_ops(e)
+    if flex:
+        return StageError(
+            f"TFLite conversion of '{model.name}' ({recipe}) failed: ops with no TFLite builtin "
+            f"kernel: {flex}; replace the layers that use them, or set export.tflite.allow_flex "
+            "= true (--allow-flex) if the device's interpreter links the Flex delegate "
+            "(tflite-runtime does not)"
+        )
+    return StageError(f"TFLite conversion of '{model.name}' ({recipe}) failed: {_first_line(e)}; {COMMON_CAUSES}")
 
 
 # Keras layers whose TF op has no TFLite builtin kernel (only Flex), with the nearest workaround
@@ -143,7 +159,8 @@ def recurrent_layers(layer: Any) -> list[tuple[str, bool]]:
 
 
 @contextmanager
-def tflite_converter(model: Any, batch_size: int | None) -> Iterator[tuple[Any, Any]]:
+def tflite_converter(model: Any, batch_size: int | None,
+                     tanh_gelu_as_sigmoid: bool = False) -> Iterator[tuple[Any, Any]]:
     """(TFLiteConverter, frozen concrete function) for the model's serving function, through
     a SavedModel we write into a temporary folder that lives as long as the converter.
 
@@ -157,7 +174,8 @@ def tflite_converter(model: Any, batch_size: int | None) -> Iterator[tuple[Any, 
 
     import tensorflow as tf
 
-    function = frozen_serving_function(model, batch_size)[0].get_concrete_function()
+    serving = frozen_serving_function(model, batch_size, tanh_gelu_as_sigmoid=tanh_gelu_as_sigmoid)[0]
+    function = serving.get_concrete_function()
     options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
     with tempfile.TemporaryDirectory(prefix="edge-toolchain-savedmodel-") as saved_model_dir:
         tf.saved_model.save(tf.Module(), saved_model_dir, signatures={"serving_default": function},
