@@ -242,3 +242,58 @@ def test_truncate_refuses_a_subclassed_model_and_says_export_takes_it_whole():
     with pytest.raises(InputError, match=r"'two_heads' is not a Functional .*rebuild it functionally to truncate it "
                                          r"\(export and verify take it whole"):
         truncate(family_model("subclassed"), at=0)
+
+
+# ---- recurrent artifacts on the device runtimes ------------------------------------------
+
+# the sequence length is fixed here: the device runner feeds an input at the artifact's shape
+DEVICE_FAMILIES = [family for family in keras_families.RECURRENT if family != "dynamic_time"]
+
+
+@pytest.fixture(scope="module")
+def recurrent_artifacts(tmp_path_factory) -> dict[str, tuple[Any, Path, Path]]:
+    """family -> (model, TFLite at batch 1, ONNX with a dynamic batch)."""
+    from toolchain.stages.export_onnx import export_onnx
+    from toolchain.stages.export_tflite import export_tflite
+
+    folder = tmp_path_factory.mktemp("recurrent")
+    return {family: (family_model(family), export_tflite(family_model(family), folder / f"{family}.fp32.tflite"),
+                     export_onnx(family_model(family), folder / f"{family}.fp32.onnx", batch_size=None))
+            for family in DEVICE_FAMILIES}
+
+
+@pytest.mark.heavy
+def test_recurrent_artifacts_run_on_tflite_runtime_214(recurrent_artifacts, device_profile):
+    """A WHILE loop and the states as outputs load and match on a Pi's interpreter (device venv)."""
+    from toolchain.config import load_profile
+    from toolchain.stages.compat import check_compat
+
+    for family, (model, *paths) in recurrent_artifacts.items():
+        inputs = sample_inputs(model, 1)
+        for path in paths:
+            host = dict(run_artifact(path, inputs, by_name=True))
+            record = check_compat(path, load_profile(device_profile), inputs, host)
+            assert record["verdict"] == "pass", (family, path.name, record)
+            assert record["max_abs_error_vs_host"] < 1e-4
+
+
+@pytest.mark.heavy
+def test_recurrent_artifacts_pass_the_emulated_pi_gate(recurrent_artifacts, capsys):
+    """The aarch64 tflite-runtime 2.14 and onnxruntime of a Raspberry Pi 4, under QEMU."""
+    import json
+    import os
+
+    from toolchain.cli import main
+    from toolchain.emulator.stack import setup_stack
+
+    cache = Path(os.environ.get("EDGE_TOOLCHAIN_TEST_CACHE", Path.home() / ".cache" / "edge-toolchain-tests"))
+    setup_stack(cache / "emulator")
+    _, tflite, onnx = recurrent_artifacts["lstm_states"]
+    bidirectional = recurrent_artifacts["bidirectional"][1]
+    code = main(["emulator", "check", str(tflite), str(onnx), str(bidirectional),
+                 "--cache-dir", str(cache / "emulator"), "--json"])
+    document = json.loads(capsys.readouterr().out)
+    assert code == 0, document
+    for path in (tflite, onnx, bidirectional):
+        assert document["artifacts"][path.name]["verdict"] == "pass"
+    assert len(document["artifacts"][tflite.name]["outputs"]) == 6  # every state reaches the device

@@ -36,39 +36,11 @@ def export_onnx(
     The names of transposed inputs are recorded in metadata under NCHW_INPUTS_KEY.
     """
     filepath = Path(filepath)
-    if filepath.suffix != ".onnx":
-        raise ConfigError(f"ONNX output path must end with .onnx, got {filepath}")
-    if recipe not in ONNX_RECIPES:
-        raise ConfigError(f"unknown ONNX recipe {recipe!r}; choose one of {', '.join(ONNX_RECIPES)}")
-    check_opset(opset)
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                   or batch_size < 1):
-        raise ConfigError(
-            f"batch size must be a positive integer or None (dynamic), got {batch_size!r} "
-            f"({type(batch_size).__name__})"
-        )
+    _check_arguments(filepath, recipe, batch_size, opset)
     import onnx
-    import tf2onnx
 
     model = as_functional(model)
-    function, specs = frozen_serving_function(model, batch_size, tanh_gelu_as_sigmoid=True)
-    nchw_inputs = [spec.name for spec in specs if len(spec.shape) == 4] if nchw else []
-    if nchw and not nchw_inputs:
-        raise ConfigError(
-            f"--nchw: '{model.name}' has no 4-D (image) input to transpose "
-            f"(inputs: {', '.join(f'{s.name} {s.shape}' for s in specs)})"
-        )
-    try:
-        model_proto, _ = tf2onnx.convert.from_function(
-            function, input_signature=specs, opset=opset, inputs_as_nchw=nchw_inputs or None,
-            custom_op_handlers=CUSTOM_OP_HANDLERS,
-        )
-    except Exception as e:
-        raise StageError(
-            f"ONNX conversion of '{model.name}' ({recipe}, opset {opset}) failed: "
-            f"{str(e).strip().splitlines()[0][:400] if str(e).strip() else type(e).__name__}; "
-            f"{COMMON_CAUSES}"
-        ) from e
+    model_proto, nchw_inputs = _convert(model, recipe, batch_size, opset, nchw)
     check_outputs_kept(output_names(model), [o.name for o in model_proto.graph.output],
                        f"ONNX export of '{model.name}'")
     if batch_size is None:
@@ -87,6 +59,45 @@ def export_onnx(
     with atomic_output(filepath) as tmp:
         onnx.save(model_proto, str(tmp))
     return filepath
+
+
+def _check_arguments(filepath: Path, recipe: str, batch_size: Any, opset: Any) -> None:
+    if filepath.suffix != ".onnx":
+        raise ConfigError(f"ONNX output path must end with .onnx, got {filepath}")
+    if recipe not in ONNX_RECIPES:
+        raise ConfigError(f"unknown ONNX recipe {recipe!r}; choose one of {', '.join(ONNX_RECIPES)}")
+    check_opset(opset)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                   or batch_size < 1):
+        raise ConfigError(
+            f"batch size must be a positive integer or None (dynamic), got {batch_size!r} "
+            f"({type(batch_size).__name__})"
+        )
+
+
+def _convert(model: Any, recipe: str, batch_size: int | None, opset: int, nchw: bool) -> tuple[Any, list[str]]:
+    """(ONNX ModelProto, names of the inputs transposed to NCHW) from tf2onnx."""
+    import tf2onnx
+
+    function, specs = frozen_serving_function(model, batch_size, tanh_gelu_as_sigmoid=True)
+    nchw_inputs = [spec.name for spec in specs if len(spec.shape) == 4] if nchw else []
+    if nchw and not nchw_inputs:
+        raise ConfigError(
+            f"--nchw: '{model.name}' has no 4-D (image) input to transpose "
+            f"(inputs: {', '.join(f'{s.name} {s.shape}' for s in specs)})"
+        )
+    try:
+        model_proto, _ = tf2onnx.convert.from_function(
+            function, input_signature=specs, opset=opset, inputs_as_nchw=nchw_inputs or None,
+            custom_op_handlers=CUSTOM_OP_HANDLERS,
+        )
+    except Exception as e:
+        raise StageError(
+            f"ONNX conversion of '{model.name}' ({recipe}, opset {opset}) failed: "
+            f"{str(e).strip().splitlines()[0][:400] if str(e).strip() else type(e).__name__}; "
+            f"{COMMON_CAUSES}"
+        ) from e
+    return model_proto, nchw_inputs
 
 
 def _erfc_as_one_minus_erf(ctx: Any, node: Any, name: str, args: list[Any]) -> None:
