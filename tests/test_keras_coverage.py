@@ -246,20 +246,23 @@ def test_truncate_refuses_a_subclassed_model_and_says_export_takes_it_whole():
 
 # ---- recurrent artifacts on the device runtimes ------------------------------------------
 
-# the sequence length is fixed here: the device runner feeds an input at the artifact's shape
-DEVICE_FAMILIES = [family for family in keras_families.RECURRENT if family != "dynamic_time"]
+# LSTM with states as outputs, GRU and SimpleRNN, Bidirectional, states as inputs (the sequence
+# length is fixed: the device runner feeds inputs at the artifact's own shape)
+DEVICE_FAMILIES = ("lstm_states", "gru_simple_rnn", "bidirectional", "initial_states")
 
 
 @pytest.fixture(scope="module")
-def recurrent_artifacts(tmp_path_factory) -> dict[str, tuple[Any, Path, Path]]:
-    """family -> (model, TFLite at batch 1, ONNX with a dynamic batch)."""
+def recurrent_artifacts(tmp_path_factory) -> dict[str, tuple[Any, list[Path]]]:
+    """family -> (model, [TFLite at batch 1, and for lstm_states ONNX with a dynamic batch])."""
     from toolchain.stages.export_onnx import export_onnx
     from toolchain.stages.export_tflite import export_tflite
 
     folder = tmp_path_factory.mktemp("recurrent")
-    return {family: (family_model(family), export_tflite(family_model(family), folder / f"{family}.fp32.tflite"),
-                     export_onnx(family_model(family), folder / f"{family}.fp32.onnx", batch_size=None))
-            for family in DEVICE_FAMILIES}
+    artifacts = {family: (family_model(family), [export_tflite(family_model(family), folder / f"{family}.fp32.tflite")])
+                 for family in DEVICE_FAMILIES}
+    artifacts["lstm_states"][1].append(
+        export_onnx(family_model("lstm_states"), folder / "lstm_states.fp32.onnx", batch_size=None))
+    return artifacts
 
 
 @pytest.mark.heavy
@@ -268,7 +271,7 @@ def test_recurrent_artifacts_run_on_tflite_runtime_214(recurrent_artifacts, devi
     from toolchain.config import load_profile
     from toolchain.stages.compat import check_compat
 
-    for family, (model, *paths) in recurrent_artifacts.items():
+    for family, (model, paths) in recurrent_artifacts.items():
         inputs = sample_inputs(model, 1)
         for path in paths:
             host = dict(run_artifact(path, inputs, by_name=True))
@@ -288,8 +291,8 @@ def test_recurrent_artifacts_pass_the_emulated_pi_gate(recurrent_artifacts, caps
 
     cache = Path(os.environ.get("EDGE_TOOLCHAIN_TEST_CACHE", Path.home() / ".cache" / "edge-toolchain-tests"))
     setup_stack(cache / "emulator")
-    _, tflite, onnx = recurrent_artifacts["lstm_states"]
-    bidirectional = recurrent_artifacts["bidirectional"][1]
+    tflite, onnx = recurrent_artifacts["lstm_states"][1]
+    bidirectional = recurrent_artifacts["bidirectional"][1][0]
     code = main(["emulator", "check", str(tflite), str(onnx), str(bidirectional),
                  "--cache-dir", str(cache / "emulator"), "--json"])
     document = json.loads(capsys.readouterr().out)
