@@ -187,6 +187,8 @@ def _subclass(call):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_subclassed_model_never_called_is_refused(tmp_path, fmt):
+    import keras
+
     from toolchain.errors import ConfigError
     from toolchain.stages.export_onnx import export_onnx
     from toolchain.stages.export_tflite import export_tflite
@@ -196,6 +198,9 @@ def test_subclassed_model_never_called_is_refused(tmp_path, fmt):
     with pytest.raises(ConfigError, match=r"subclassed model 'custom' has never been called.*call it once"):
         export(model, tmp_path / f"m.{fmt}")
     assert not (tmp_path / f"m.{fmt}").exists()
+    unbuilt = keras.Sequential([keras.layers.Dense(2)], name="unbuilt")
+    with pytest.raises(ConfigError, match=r"Sequential model without a keras.Input 'unbuilt' has never been called"):
+        export(unbuilt, tmp_path / f"m.{fmt}")
 
 
 def test_subclassed_model_with_nested_inputs_is_refused(tmp_path):

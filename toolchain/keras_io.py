@@ -209,10 +209,11 @@ def _trace_first_call(model: Any) -> Any:
 
     shapes = getattr(model, "_build_shapes_dict", None) or {}
     if not getattr(model, "_called", False) or not shapes:
+        kind = "Sequential model without a keras.Input" if isinstance(model, keras.Sequential) else "subclassed model"
         raise ConfigError(
-            f"subclassed model '{model.name}' has never been called, so its input shapes are "
-            "unknown: call it once on an example batch (model(x)) before exporting, or wrap it in "
-            "a functional model (keras.Model(keras.Input(shape), model(keras.Input(shape))))"
+            f"{kind} '{model.name}' has never been called, so its input shapes are unknown: call it "
+            "once on an example batch (model(x)) before exporting, or wrap it in a functional model "
+            "(keras.Model(keras.Input(shape), model(keras.Input(shape))))"
         )
     if not all(_is_shape(shape) for shape in shapes.values()):
         raise ConfigError(
