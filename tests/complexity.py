@@ -22,7 +22,6 @@ ALLOWED = {
     "toolchain/emulator/gate.py:gate_artifact": 18,
     "toolchain/pipeline.py:_run_stages": 54,
     "toolchain/standalone.py:export_artifact": 25,
-    "toolchain/stages/export_onnx.py:export_onnx": 21,
     "toolchain/stages/quantize_onnx.py:quantize_onnx": 21,
     "toolchain/stages/truncate.py:_run": 22,
     "toolchain/stages/truncate.py:attach_head": 18,

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelLoadError
+from .errors import ConfigError, ModelLoadError, StageError
 from .fileio import zip_size_problem
 from .keras_graph import producing_operation
 
@@ -154,23 +156,118 @@ def did_you_mean(word: str, candidates: list[str], n: int = 3) -> str:
 
 
 def input_signature(model: Any) -> list[TensorInfo]:
+    model = as_functional(model)
     return [
         TensorInfo(_tensor_name(t), tuple(t.shape[1:]), _dtype_name(t.dtype)) for t in model.inputs
     ]
 
 
 def output_names(model: Any) -> list[str]:
-    """Output names; Sequential models have no `output_names`, so use the last layers' names."""
+    """One unique name per output tensor.
+
+    Keras names outputs by the layer that made them, so the outputs of one layer (an LSTM's
+    sequence and states) share a name; Sequential models have no `output_names` at all.
+    Repeats become `<name>_1`, `<name>_2`, ... so no output is merged away in a name-keyed dict.
+    """
+    model = as_functional(model)
     names = getattr(model, "output_names", None)
-    return list(names) if names else [_layer_name(t) for t in model.outputs]
+    return unique_names(list(names) if names else [_layer_name(t) for t in model.outputs])
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """`names` with each repeat suffixed `_1`, `_2`, ..., skipping names already in the list."""
+    taken = set(names)
+    result: list[str] = []
+    for name in names:
+        candidate, n = name, 0
+        while candidate in result or (n and candidate in taken):
+            n += 1
+            candidate = f"{name}_{n}"
+        result.append(candidate)
+    return result
 
 
 def output_signature(model: Any) -> list[TensorInfo]:
+    model = as_functional(model)
     names = output_names(model)
     return [
         TensorInfo(name, tuple(t.shape[1:]), _dtype_name(t.dtype))
         for name, t in zip(names, model.outputs, strict=True)
     ]
+
+
+def check_outputs_kept(expected: list[str], produced: list[str], what: str) -> None:
+    """The artifact must have exactly the model's outputs: a lost output is data loss, not a detail."""
+    if sorted(expected) != sorted(produced):
+        missing = [n for n in expected if n not in produced]
+        extra = [n for n in produced if n not in expected]
+        raise StageError(
+            f"{what} has {len(produced)} outputs but the model has {len(expected)} "
+            f"(missing: {', '.join(missing) or 'none'}; unexpected: {', '.join(extra) or 'none'}); "
+            "refusing to write an artifact that drops or renames outputs"
+        )
+
+
+_FUNCTIONAL_VIEWS: Any = None
+
+
+def as_functional(model: Any) -> Any:
+    """The model itself, or for a subclassed model (no `inputs`) a functional model around it.
+
+    Export, verify and the manifest need named, shaped inputs and outputs; a subclassed model
+    only knows the shapes of its first call, so the view is traced from those (as Keras'
+    own export does). The view reuses the model's layers and weights; one per model.
+    """
+    global _FUNCTIONAL_VIEWS
+    if hasattr(model, "inputs") or not hasattr(model, "call"):
+        return model
+    import weakref
+
+    if _FUNCTIONAL_VIEWS is None:
+        _FUNCTIONAL_VIEWS = weakref.WeakKeyDictionary()
+    if model not in _FUNCTIONAL_VIEWS:
+        _FUNCTIONAL_VIEWS[model] = _trace_first_call(model)
+    return _FUNCTIONAL_VIEWS[model]
+
+
+def _trace_first_call(model: Any) -> Any:
+    import keras
+
+    shapes = getattr(model, "_build_shapes_dict", None) or {}
+    if not getattr(model, "_called", False) or not shapes:
+        kind = "Sequential model without a keras.Input" if isinstance(model, keras.Sequential) else "subclassed model"
+        raise ConfigError(
+            f"{kind} '{model.name}' has never been called, so its input shapes are unknown: call it "
+            "once on an example batch (model(x)) before exporting, or wrap it in a functional model "
+            "(keras.Model(keras.Input(shape), model(keras.Input(shape))))"
+        )
+    if not all(_is_shape(shape) for shape in shapes.values()):
+        raise ConfigError(
+            f"subclassed model '{model.name}' takes nested inputs ({', '.join(shapes)}); export "
+            "traces tensor arguments only: wrap it in a functional model with one keras.Input per tensor"
+        )
+    inputs = [
+        keras.Input(tuple(shape[1:]), dtype=model.input_dtype, name=key.removesuffix("_shape"))
+        for key, shape in shapes.items()
+    ]
+    try:
+        outputs = model(*inputs)
+        return keras.Model(inputs, outputs, name=model.name)
+    except Exception as e:
+        raise ConfigError(
+            f"subclassed model '{model.name}' cannot be traced on symbolic inputs "
+            f"({type(e).__name__}: {_first_line(e)}); wrap it in a functional model or make its "
+            "call() work on keras.Input tensors"
+        ) from e
+
+
+def _is_shape(value: Any) -> bool:
+    return isinstance(value, (tuple, list)) and all(isinstance(d, (int, type(None))) for d in value)
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def _tensor_name(tensor: Any) -> str:
@@ -192,6 +289,7 @@ def run_keras(model: Any, inputs: dict[str, Any], batch_size: int = 32) -> dict[
     """Run the model on named inputs and return named numpy outputs."""
     import numpy as np
 
+    model = as_functional(model)
     names = [t.name for t in input_signature(model)]
     args = [inputs[n] for n in names]
     result = model.predict(args if len(args) > 1 else args[0], batch_size=batch_size, verbose=0)
@@ -212,6 +310,7 @@ def serving_function(model: Any, batch_size: int | None = 1) -> tuple[Any, list[
     """
     import tensorflow as tf
 
+    model = as_functional(model)
     inputs = input_signature(model)
     specs = [
         tf.TensorSpec((batch_size, *info.shape), tf.as_dtype(info.dtype), name=info.name)
@@ -230,7 +329,8 @@ def serving_function(model: Any, batch_size: int | None = 1) -> tuple[Any, list[
     return tf.function(serve, input_signature=specs), specs
 
 
-def frozen_serving_function(model: Any, batch_size: int | None = 1) -> tuple[Any, list[Any]]:
+def frozen_serving_function(model: Any, batch_size: int | None = 1, *,
+                            tanh_gelu_as_sigmoid: bool = False) -> tuple[Any, list[Any]]:
     """The serving tf.function with everything it captures frozen to constants, outputs named.
 
     Both converters need it. TFLite: converting the unfrozen function with the model as
@@ -239,7 +339,9 @@ def frozen_serving_function(model: Any, batch_size: int | None = 1) -> tuple[Any
     captured tensor that is not a variable for a graph input, so constants a layer holds
     as plain tensors (the Normalization mean and variance in EfficientNet) become extra
     ONNX inputs the caller would have to feed. Freezing drops the output names, so a thin
-    wrapper restores them.
+    wrapper restores them. Control flow stays as While/If ops: lowered into Switch/Merge,
+    a recurrent layer's loop is neither a valid ONNX Loop nor a TFLite WHILE.
+    `tanh_gelu_as_sigmoid`: see `sigmoid_tanh_gelu()`.
     """
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import (
@@ -247,8 +349,9 @@ def frozen_serving_function(model: Any, batch_size: int | None = 1) -> tuple[Any
     )
 
     function, specs = serving_function(model, batch_size)
-    concrete = function.get_concrete_function()
-    frozen = convert_variables_to_constants_v2(concrete)
+    with sigmoid_tanh_gelu() if tanh_gelu_as_sigmoid else contextlib.nullcontext():
+        concrete = function.get_concrete_function()
+    frozen = convert_variables_to_constants_v2(concrete, lower_control_flow=False)
     structure = concrete.structured_outputs
 
     @tf.function(input_signature=specs)
@@ -257,3 +360,33 @@ def frozen_serving_function(model: Any, batch_size: int | None = 1) -> tuple[Any
         return tf.nest.pack_sequence_as(structure, tf.nest.flatten(flat))
 
     return named, specs
+
+
+@contextlib.contextmanager
+def sigmoid_tanh_gelu() -> Iterator[None]:
+    """While tracing, emit tanh-approximate GELU as x * sigmoid(2z), the same function.
+
+    TF writes both GELUs as 0.5 * x * (...). Applied to one tensor, the graph optimizers
+    share that product between them, which breaks the converters' GELU patterns: TFLite
+    then leaves the exact GELU's Erfc without a kernel, tf2onnx writes a node whose input
+    it removed. Without 0.5 * x in the approximate one, nothing is shared.
+    """
+    import math
+
+    import tensorflow as tf
+
+    original = tf.nn.gelu
+    scale = 2.0 * math.sqrt(2.0 / math.pi)
+
+    def gelu(features: Any, approximate: bool = False, name: str | None = None) -> Any:
+        if not approximate:
+            return original(features, approximate=False, name=name)
+        x = tf.convert_to_tensor(features)
+        cube = tf.cast(0.044715, x.dtype) * x * x * x
+        return x * tf.sigmoid(tf.cast(scale, x.dtype) * (x + cube))
+
+    tf.nn.gelu = gelu
+    try:
+        yield
+    finally:
+        tf.nn.gelu = original

@@ -9,7 +9,7 @@ from ..artifact_info import NCHW_INPUTS_KEY
 from ..config import DEFAULT_ONNX_OPSET, ONNX_RECIPES
 from ..errors import ConfigError, StageError
 from ..fileio import atomic_output
-from ..keras_io import frozen_serving_function
+from ..keras_io import as_functional, check_outputs_kept, frozen_serving_function, output_names
 
 MIN_OPSET = 13
 
@@ -36,6 +36,32 @@ def export_onnx(
     The names of transposed inputs are recorded in metadata under NCHW_INPUTS_KEY.
     """
     filepath = Path(filepath)
+    _check_arguments(filepath, recipe, batch_size, opset)
+    import onnx
+
+    model = as_functional(model)
+    model_proto, nchw_inputs = _convert(model, recipe, batch_size, opset, nchw)
+    check_outputs_kept(output_names(model), [o.name for o in model_proto.graph.output],
+                       f"ONNX export of '{model.name}'")
+    if batch_size is None:
+        _name_batch_dimension(model_proto)
+    metadata = dict(metadata or {})
+    if nchw_inputs:
+        metadata[NCHW_INPUTS_KEY] = ",".join(nchw_inputs)
+    for key, value in metadata.items():
+        entry = model_proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    try:
+        model_proto = onnx.shape_inference.infer_shapes(model_proto, check_type=True, strict_mode=True)
+        onnx.checker.check_model(model_proto, full_check=True)
+    except Exception as e:
+        raise StageError(f"ONNX export of '{model.name}' produced an invalid model: {e}") from e
+    with atomic_output(filepath) as tmp:
+        onnx.save(model_proto, str(tmp))
+    return filepath
+
+
+def _check_arguments(filepath: Path, recipe: str, batch_size: Any, opset: Any) -> None:
     if filepath.suffix != ".onnx":
         raise ConfigError(f"ONNX output path must end with .onnx, got {filepath}")
     if recipe not in ONNX_RECIPES:
@@ -47,10 +73,13 @@ def export_onnx(
             f"batch size must be a positive integer or None (dynamic), got {batch_size!r} "
             f"({type(batch_size).__name__})"
         )
-    import onnx
+
+
+def _convert(model: Any, recipe: str, batch_size: int | None, opset: int, nchw: bool) -> tuple[Any, list[str]]:
+    """(ONNX ModelProto, names of the inputs transposed to NCHW) from tf2onnx."""
     import tf2onnx
 
-    function, specs = frozen_serving_function(model, batch_size)
+    function, specs = frozen_serving_function(model, batch_size, tanh_gelu_as_sigmoid=True)
     nchw_inputs = [spec.name for spec in specs if len(spec.shape) == 4] if nchw else []
     if nchw and not nchw_inputs:
         raise ConfigError(
@@ -68,22 +97,7 @@ def export_onnx(
             f"{str(e).strip().splitlines()[0][:400] if str(e).strip() else type(e).__name__}; "
             f"{COMMON_CAUSES}"
         ) from e
-    if batch_size is None:
-        _name_batch_dimension(model_proto)
-    metadata = dict(metadata or {})
-    if nchw_inputs:
-        metadata[NCHW_INPUTS_KEY] = ",".join(nchw_inputs)
-    for key, value in metadata.items():
-        entry = model_proto.metadata_props.add()
-        entry.key, entry.value = key, str(value)
-    try:
-        model_proto = onnx.shape_inference.infer_shapes(model_proto, check_type=True, strict_mode=True)
-        onnx.checker.check_model(model_proto, full_check=True)
-    except Exception as e:
-        raise StageError(f"ONNX export of '{model.name}' produced an invalid model: {e}") from e
-    with atomic_output(filepath) as tmp:
-        onnx.save(model_proto, str(tmp))
-    return filepath
+    return model_proto, nchw_inputs
 
 
 def _erfc_as_one_minus_erf(ctx: Any, node: Any, name: str, args: list[Any]) -> None:

@@ -12,7 +12,7 @@ from ..config import TFLITE_RECIPES
 from ..data import CalibrationReader, Dataset
 from ..errors import ConfigError, DataError, StageError
 from ..fileio import atomic_write_bytes
-from ..keras_io import frozen_serving_function
+from ..keras_io import as_functional, check_outputs_kept, frozen_serving_function, output_names
 from ..native_chatter import filtered_native_stderr
 from ..tflite_metadata import add_metadata
 
@@ -52,7 +52,11 @@ def export_tflite(
         raise ConfigError(
             f"keep_float cannot be applied to TFLite recipe {recipe!r}: {KEEP_FLOAT_REFUSED[recipe]}"
         )
+    model = as_functional(model)
+    if not allow_flex:
+        check_expressible(model, batch_size)
     flatbuffer = _convert(model, recipe, batch_size, calibration, keep_float, allow_flex)
+    check_outputs_kept(output_names(model), tflite_output_names(flatbuffer), f"TFLite export of '{model.name}'")
     check_op_inventory(flatbuffer, allow_flex, what=f"'{model.name}' ({recipe})")
     if recipe != "fp32" and not allow_flex:
         check_prepares(flatbuffer, f"'{model.name}' ({recipe})")
@@ -64,36 +68,100 @@ def export_tflite(
 
 def _convert(model: Any, recipe: str, batch_size: int | None, calibration: Dataset | None,
              keep_float: list[str] | None, allow_flex: bool) -> bytes:
-    import tensorflow as tf
-
+    args = (model, recipe, batch_size, calibration, keep_float, allow_flex)
     try:
-        with filtered_native_stderr(), tflite_converter(model, batch_size) as (converter, function):
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-            if allow_flex:
-                converter.target_spec.supported_ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
-            _apply_recipe(converter, recipe, calibration, batch_size)
-            if keep_float and recipe in CALIBRATED:
-                return _selective_quantize(converter, function, model, calibration, batch_size, keep_float)
-            return converter.convert()
+        try:
+            return _run_converter(*args, tanh_gelu_as_sigmoid=False)
+        except Exception as e:
+            if UNFUSED_ERFC not in str(e):
+                raise
+            return _run_converter(*args, tanh_gelu_as_sigmoid=True)  # see keras_io.sigmoid_tanh_gelu()
     except (ConfigError, DataError):
         raise
     except Exception as e:
-        flex = _select_ops(e)
-        if flex:
-            raise StageError(
-                f"TFLite conversion of '{model.name}' ({recipe}) failed: ops with no TFLite builtin "
-                f"kernel: {flex}; replace the layers that use them, or set export.tflite.allow_flex "
-                "= true (--allow-flex) if the device's interpreter links the Flex delegate "
-                "(tflite-runtime does not)"
-            ) from e
+        raise _conversion_error(model, recipe, e) from e
+
+
+# the converter's message when an exact GELU was not fused (its Erfc has no builtin kernel)
+UNFUSED_ERFC = "'tf.Erfc' op is neither a custom op nor a flex op"
+
+
+def _run_converter(model: Any, recipe: str, batch_size: int | None, calibration: Dataset | None,
+                   keep_float: list[str] | None, allow_flex: bool, tanh_gelu_as_sigmoid: bool) -> bytes:
+    import tensorflow as tf
+
+    with filtered_native_stderr(), tflite_converter(model, batch_size, tanh_gelu_as_sigmoid) as (converter, function):
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if allow_flex:
+            converter.target_spec.supported_ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
+            # keep a dynamic-batch RNN's TensorList ops whole, as Flex kernels
+            converter._experimental_lower_tensor_list_ops = False
+        _apply_recipe(converter, recipe, calibration, batch_size)
+        if keep_float and recipe in CALIBRATED:
+            return _selective_quantize(converter, function, model, calibration, batch_size, keep_float)
+        return converter.convert()
+
+
+def _conversion_error(model: Any, recipe: str, e: Exception) -> StageError:
+    flex = _select_ops(e)
+    if flex:
+        return StageError(
+            f"TFLite conversion of '{model.name}' ({recipe}) failed: ops with no TFLite builtin "
+            f"kernel: {flex}; replace the layers that use them, or set export.tflite.allow_flex "
+            "= true (--allow-flex) if the device's interpreter links the Flex delegate "
+            "(tflite-runtime does not)"
+        )
+    return StageError(f"TFLite conversion of '{model.name}' ({recipe}) failed: {_first_line(e)}; {COMMON_CAUSES}")
+
+
+# Keras layers whose TF op has no TFLite builtin kernel (only Flex), with the nearest workaround
+NO_BUILTIN = {
+    "MaxPooling3D": "MaxPool3D",
+    "AveragePooling3D": "AvgPool3D",
+}
+POOL3D_WORKAROUND = (
+    "export this model to ONNX (3-D pooling is an ONNX op), or replace the layer by a strided "
+    "Conv3D or GlobalMaxPooling3D/GlobalAveragePooling3D"
+)
+
+
+def check_expressible(model: Any, batch_size: int | None) -> None:
+    """Refuse, before converting, what TFLite builtins (all tflite-runtime runs) cannot express."""
+    looped = [name for name, unrolled in recurrent_layers(model) if not unrolled]
+    if batch_size is None and looped:
         raise StageError(
-            f"TFLite conversion of '{model.name}' ({recipe}) failed: "
-            f"{_first_line(e)}; {COMMON_CAUSES}"
-        ) from e
+            f"TFLite cannot express recurrent layer(s) {', '.join(looped)} of '{model.name}' with a "
+            "dynamic batch: the loop's TensorList ops then need Flex kernels; export with a fixed "
+            "batch size (--batch-size N), or set export.tflite.allow_flex = true (--allow-flex) "
+            "if the device's interpreter links Flex"
+        )
+    for layer in model._flatten_layers(include_self=False):
+        op = NO_BUILTIN.get(type(layer).__name__)
+        if op:
+            raise StageError(
+                f"TFLite cannot express layer '{layer.name}' ({type(layer).__name__}) of '{model.name}': "
+                f"TFLite has no 3-D pooling kernel ({op} runs only as a Flex op); {POOL3D_WORKAROUND}"
+            )
+
+
+def recurrent_layers(layer: Any) -> list[tuple[str, bool]]:
+    """(name, unrolled) of the RNN layers (LSTM, GRU, SimpleRNN, Bidirectional) in `layer`."""
+    import keras
+
+    found = []
+    for child in layer._flatten_layers(include_self=False, recursive=False):
+        if isinstance(child, keras.layers.Bidirectional):
+            found.append((child.name, bool(child.forward_layer.unroll and child.backward_layer.unroll)))
+        elif isinstance(child, keras.layers.RNN):
+            found.append((child.name, bool(child.unroll)))
+        else:
+            found.extend(recurrent_layers(child))
+    return found
 
 
 @contextmanager
-def tflite_converter(model: Any, batch_size: int | None) -> Iterator[tuple[Any, Any]]:
+def tflite_converter(model: Any, batch_size: int | None,
+                     tanh_gelu_as_sigmoid: bool = False) -> Iterator[tuple[Any, Any]]:
     """(TFLiteConverter, frozen concrete function) for the model's serving function, through
     a SavedModel we write into a temporary folder that lives as long as the converter.
 
@@ -107,7 +175,8 @@ def tflite_converter(model: Any, batch_size: int | None) -> Iterator[tuple[Any, 
 
     import tensorflow as tf
 
-    function = frozen_serving_function(model, batch_size)[0].get_concrete_function()
+    serving = frozen_serving_function(model, batch_size, tanh_gelu_as_sigmoid=tanh_gelu_as_sigmoid)[0]
+    function = serving.get_concrete_function()
     options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
     with tempfile.TemporaryDirectory(prefix="edge-toolchain-savedmodel-") as saved_model_dir:
         tf.saved_model.save(tf.Module(), saved_model_dir, signatures={"serving_default": function},
@@ -139,6 +208,14 @@ def check_op_inventory(flatbuffer: bytes, allow_flex: bool, what: str = "model")
             "the device's interpreter links the Flex delegate"
         )
     return ops
+
+
+def tflite_output_names(flatbuffer: bytes) -> list[str]:
+    """Output names of the file's serving signature (the names verify and devices use)."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    signature = fb.Model.GetRootAs(flatbuffer, 0).SignatureDefs(0)
+    return [signature.Outputs(i).Name().decode() for i in range(signature.OutputsLength())]
 
 
 def _select_ops(e: Exception) -> str:

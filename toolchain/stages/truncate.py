@@ -148,7 +148,8 @@ def _functional_of(model: Any, what: str) -> Any:
         return model
     raise InputError(
         f"{what} '{getattr(model, 'name', type(model).__name__)}' is not a Functional or Sequential "
-        "Keras model (a subclassed model has no declared graph to cut); rebuild it functionally"
+        "Keras model: a subclassed model has no declared graph to cut; rebuild it functionally to "
+        "truncate it (export and verify take it whole, traced from its first call)"
     )
 
 
@@ -330,11 +331,34 @@ def _resolve(model: Any, ref: str | int, addresses: list[str], what: str) -> str
     if re.fullmatch(r"-?[0-9]+", ref):
         return _resolve(model, int(ref), addresses, what)
     if ref not in addresses:
+        _refuse_inside_recurrent(model, ref, what)
         raise InputError(
             f"unknown {what} '{ref}'{did_you_mean(ref, addresses)}; "
             "address a layer inside a sub-model as outer/inner"
         )
     return ref
+
+
+def _refuse_inside_recurrent(model: Any, ref: str, what: str) -> None:
+    """A recurrent layer's cell (or a Bidirectional's direction) runs inside the time loop: no cut point."""
+    import keras
+
+    for layer in model._flatten_layers(include_self=False):
+        if not isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional)):
+            continue
+        inner = {sub.name for sub in layer._flatten_layers(include_self=False)}
+        if ref in inner or ref.split("/")[0] == layer.name:
+            raise InputError(
+                f"cannot use '{ref}' as a {what}: it is inside recurrent layer '{layer.name}' "
+                f"({type(layer).__name__}), which runs it once per time step in a loop; cut at "
+                f"'{layer.name}' itself (it gives {_recurrent_outputs(layer)})"
+            )
+
+
+def _recurrent_outputs(layer: Any) -> str:
+    rnn = getattr(layer, "forward_layer", layer)
+    what = "the whole sequence" if rnn.return_sequences else "the last step's output"
+    return f"{what} and its states" if rnn.return_state else what
 
 
 def _find_node(model: Any, address: str) -> tuple[_Graph, Any]:
@@ -530,7 +554,10 @@ def truncate(
     else:
         outputs = [t for t in final if t is not None]
     if head_layers and len(outputs) != 1:
-        raise InputError(f"a head goes on one output, but the cut layer gives {len(outputs)} outputs")
+        raise InputError(
+            f"a head goes on one output, but the cut layer gives {len(outputs)} outputs"
+            f"{_states_hint(model, cuts)}"
+        )
     used = _used_inputs(outputs, new_inputs)
     unused = [t.name for t in new_inputs if id(t) not in used]
     if unused:
@@ -551,6 +578,18 @@ def truncate(
         return base
     return attach_head(base, head_layers, train_data, epochs=epochs, seed=seed, batch_size=batch_size,
                        learning_rate=learning_rate, name=name or f"{model.name}_truncated")
+
+
+def _states_hint(model: Any, cuts: list[str]) -> str:
+    """For a cut at an RNN with return_state: which outputs those are and how to get one."""
+    import keras
+
+    layer = next((lay for lay in model._flatten_layers(include_self=False) if lay.name in cuts), None)
+    rnn = getattr(layer, "forward_layer", layer)
+    if not isinstance(rnn, keras.layers.RNN) or not rnn.return_state:
+        return ""
+    return (f" (recurrent layer '{layer.name}' returns {_recurrent_outputs(layer)}); cut at a layer that "
+            "reads the one you want, or rebuild it with return_state=False")
 
 
 def _input_name(tensor: Any) -> str:
