@@ -40,6 +40,9 @@ def test_every_private_attribute_exists(small_cnn, sequential_model):
         "_nodes_by_depth": small_cnn,
         "_inbound_nodes": small_cnn.get_layer("conv"),
         "_keras_history": small_cnn.get_layer("conv").output,
+        "_flatten_layers": small_cnn,
+        "_build_shapes_dict": small_cnn,
+        "_called": small_cnn,
     }
     assert set(holders) == set(keras_graph.PRIVATE_ATTRIBUTES)
     missing = [name for name, holder in holders.items() if not hasattr(holder, name)]

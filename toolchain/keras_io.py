@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import keras_graph
 from .errors import ConfigError, ModelLoadError, StageError
 from .fileio import zip_size_problem
 from .keras_graph import producing_operation
@@ -233,8 +234,8 @@ def as_functional(model: Any) -> Any:
 def _trace_first_call(model: Any) -> Any:
     import keras
 
-    shapes = getattr(model, "_build_shapes_dict", None) or {}
-    if not getattr(model, "_called", False) or not shapes:
+    shapes = keras_graph.build_shapes(model)
+    if not keras_graph.was_called(model) or not shapes:
         kind = "Sequential model without a keras.Input" if isinstance(model, keras.Sequential) else "subclassed model"
         raise ConfigError(
             f"{kind} '{model.name}' has never been called, so its input shapes are unknown: call it "

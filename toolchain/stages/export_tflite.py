@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .. import keras_graph
 from ..config import TFLITE_RECIPES
 from ..data import CalibrationReader, Dataset
 from ..errors import ConfigError, DataError, StageError
@@ -135,7 +136,7 @@ def check_expressible(model: Any, batch_size: int | None) -> None:
             "batch size (--batch-size N), or set export.tflite.allow_flex = true (--allow-flex) "
             "if the device's interpreter links Flex"
         )
-    for layer in model._flatten_layers(include_self=False):
+    for layer in keras_graph.sublayers(model):
         op = NO_BUILTIN.get(type(layer).__name__)
         if op:
             raise StageError(
@@ -149,7 +150,7 @@ def recurrent_layers(layer: Any) -> list[tuple[str, bool]]:
     import keras
 
     found = []
-    for child in layer._flatten_layers(include_self=False, recursive=False):
+    for child in keras_graph.sublayers(layer, recursive=False):
         if isinstance(child, keras.layers.Bidirectional):
             found.append((child.name, bool(child.forward_layer.unroll and child.backward_layer.unroll)))
         elif isinstance(child, keras.layers.RNN):

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import keras_graph
 from ..errors import DataError, InputError, StageError
 from ..keras_graph import has_graph, nodes_in_order, producing_node, producing_operation, sequential_graph
 from ..keras_io import did_you_mean
@@ -343,10 +344,10 @@ def _refuse_inside_recurrent(model: Any, ref: str, what: str) -> None:
     """A recurrent layer's cell (or a Bidirectional's direction) runs inside the time loop: no cut point."""
     import keras
 
-    for layer in model._flatten_layers(include_self=False):
+    for layer in keras_graph.sublayers(model):
         if not isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional)):
             continue
-        inner = {sub.name for sub in layer._flatten_layers(include_self=False)}
+        inner = {sub.name for sub in keras_graph.sublayers(layer)}
         if ref in inner or ref.split("/")[0] == layer.name:
             raise InputError(
                 f"cannot use '{ref}' as a {what}: it is inside recurrent layer '{layer.name}' "
@@ -584,7 +585,7 @@ def _states_hint(model: Any, cuts: list[str]) -> str:
     """For a cut at an RNN with return_state: which outputs those are and how to get one."""
     import keras
 
-    layer = next((lay for lay in model._flatten_layers(include_self=False) if lay.name in cuts), None)
+    layer = next((lay for lay in keras_graph.sublayers(model) if lay.name in cuts), None)
     rnn = getattr(layer, "forward_layer", layer)
     if not isinstance(rnn, keras.layers.RNN) or not rnn.return_state:
         return ""
