@@ -5,7 +5,8 @@ public API for that, so they read private attributes (`_functional`, `_nodes_by_
 `_inbound_nodes`, `_keras_history`). Every such access lives here, so a Keras release
 that renames one breaks this module alone (export also reads `_flatten_layers`,
 `_build_shapes_dict` and `_called`, as Keras' own export does, to trace subclassed models);
-tests/test_keras_internals.py checks each attribute on the installed Keras and pyproject.toml caps the Keras version we checked.
+tests/test_keras_internals.py checks each attribute on the installed Keras and pyproject.toml
+caps the Keras version we checked.
 
 Keras' `Node` objects are used through their (undocumented) attributes `operation`,
 `input_tensors`, `outputs` and `is_input`; those are checked by the same test.
