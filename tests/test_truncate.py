@@ -591,3 +591,74 @@ def test_inlined_sub_model_with_clashing_layer_names_is_refused():
     with pytest.raises(InputError, match='cannot build the truncated model: The name "dense" is used 2 times.*'
                                          "inlined"):
         truncate(outer, at=["inner/dense", "dense"])
+
+
+# ---- head training: bounded memory, progress, metrics ------------------------------------
+
+
+def test_head_training_streams_the_base_in_batches_and_reports_progress_and_metrics(digits):
+    import keras
+
+    from toolchain.stages.truncate import FEATURE_BATCH, HeadProgress
+
+    seen_batches: list[int] = []
+
+    class BatchRecorder(keras.layers.Layer):
+        """Records how many samples the frozen base gets per call (its memory grows with them)."""
+
+        def call(self, x):
+            if isinstance(x.shape[0], int):
+                seen_batches.append(x.shape[0])
+            return x
+
+    model, train, evaluation = digits
+    inputs = keras.Input((8, 8, 1), name="image")
+    features = model.get_layer("conv1")(BatchRecorder(name="recorder")(inputs))
+    base = keras.Model(inputs, features, name="recorded")
+    events: list[HeadProgress] = []
+    truncate(base, head="gap,classes:10", train_data=train.head(200), eval_data=evaluation.head(100), epochs=2,
+             trust=True, progress=events.append)
+    assert seen_batches and max(seen_batches) <= FEATURE_BATCH  # never the whole data set at once
+    assert sum(seen_batches) == 300  # every sample, once
+    done = {what: [e.done for e in events if e.stage == "features" and e.what == what] for what in ("train", "eval")}
+    assert done["train"][-1] == 200 and done["eval"][-1] == 100
+    assert done["train"] == sorted(done["train"]) and len(done["train"]) == -(-200 // FEATURE_BATCH)
+    epochs = [e for e in events if e.stage == "epoch"]
+    assert [(e.done, e.total) for e in epochs] == [(1, 2), (2, 2)]
+    for event in epochs:
+        assert set(event.metrics) == {"loss", "accuracy", "eval_loss", "eval_accuracy"}
+        assert event.metrics["loss"] > 0 and 0 <= event.metrics["eval_accuracy"] <= 1
+
+
+def test_head_eval_data_errors(digits):
+    model, train, evaluation = digits
+    with pytest.raises(InputError, match="eval_data was given without train_data"):
+        truncate(model, at="pool", head="flatten,classes:10", eval_data=evaluation)
+    wrong = (evaluation.inputs["image"][:8], np.full(8, 12))
+    with pytest.raises(DataError, match=r"head labels of the eval data must be integer class ids in \[0, 10\)"):
+        truncate(model, at="pool", head="flatten,classes:10", train_data=train.head(32), eval_data=wrong)
+
+
+def test_cli_truncate_train_prints_epoch_metrics(demo_inputs, tmp_path, capsys):
+    import json
+
+    from toolchain.cli import main
+
+    model = str(demo_inputs / "digits_cnn.keras")
+    args = ["truncate", model, "--at", "pool", "--head", "flatten,classes:10", "--train",
+            str(demo_inputs / "digits_train.npz"), "--eval", str(demo_inputs / "digits_eval.npz"), "--epochs", "2"]
+    assert main([*args, "-o", str(tmp_path / "a.keras")]) == 0
+    captured = capsys.readouterr()
+    assert "features of the train data: 1297/1297" in captured.err
+    assert "features of the eval data: 500/500" in captured.err
+    assert "epoch 1/2: loss " in captured.err and "epoch 2/2: loss " in captured.err
+    assert "; eval loss " in captured.err
+    assert "head after 2 epoch(s): loss " in captured.out and "eval loss" in captured.out
+    assert main([*args, "-o", str(tmp_path / "b.keras"), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)["head_metrics"]
+    assert set(metrics) == {"loss", "accuracy", "eval_loss", "eval_accuracy"}
+    assert metrics["eval_accuracy"] > 0.5  # flattened conv features: a linear head learns fast
+    assert main(["truncate", model, "-o", str(tmp_path / "c.keras"), "--head", "flatten,classes:10", "--eval",
+                 str(demo_inputs / "digits_eval.npz")]) == 2
+    assert "--eval scores the head trained with --train: give --train too" in capsys.readouterr().err
+    assert not (tmp_path / "c.keras").exists()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -524,6 +526,9 @@ def truncate_command(
     train: Annotated[Path | None, typer.Option(
         "--train", metavar="DATA.npz", help="Labelled data (inputs by name + labels) to train the head on; "
         "the base stays frozen.")] = None,
+    eval_data: Annotated[Path | None, typer.Option(
+        "--eval", metavar="EVAL.npz", help="Labelled held-out data: the head's loss and accuracy on it are "
+        "printed after each epoch.")] = None,
     labels_key: Annotated[str, typer.Option("--labels-key", help="Key of the labels in --train.")] = "y",
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Head training epochs.")] = 10,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the head's initialisation and training.")] = 0,
@@ -535,8 +540,10 @@ def truncate_command(
     """Cut a model at layers, drop inner layers or residual blocks, and attach a new head."""
     from .stages.truncate import truncate_file
 
-    info = truncate_file(model, output, at=at, drop=drop, head=head, train=train, labels_key=labels_key,
-                         epochs=epochs, seed=seed, trust=trust_model)
+    with _head_progress() as progress:
+        info = truncate_file(model, output, at=at, drop=drop, head=head, train=train, eval_file=eval_data,
+                             labels_key=labels_key, epochs=epochs, seed=seed, trust=trust_model,
+                             progress=progress)
     if as_json:
         print(json.dumps(info, indent=2))
         return
@@ -549,6 +556,44 @@ def truncate_command(
         out.print(f"output {t['name']}: {t['shape']} {t['dtype']}", highlight=False)
     if head and not info["head_trained"]:
         out.print("the new head is untrained (give --train DATA.npz to train it)")
+    if info["head_metrics"]:
+        out.print(f"head after {epochs} epoch(s): {epoch_metrics_text(info['head_metrics'])}", highlight=False)
+
+
+def epoch_metrics_text(metrics: dict[str, float]) -> str:
+    text = f"loss {metrics['loss']:.4f}, accuracy {metrics['accuracy']:.4f}"
+    if "eval_loss" in metrics:
+        text += f"; eval loss {metrics['eval_loss']:.4f}, accuracy {metrics['eval_accuracy']:.4f}"
+    return text
+
+
+@contextlib.contextmanager
+def _head_progress(prefix: str = "") -> Iterator[Any]:
+    """A progress bar on stderr while the frozen base computes features, then one line per epoch."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=err, transient=True)
+    tasks: dict[str, Any] = {}
+    tenths: dict[str, int] = {}
+
+    def show(event: Any) -> None:
+        if event.stage == "features" and not err.is_terminal:  # a log: a line per tenth of the data
+            tenth = event.done * 10 // event.total
+            if tenths.get(event.what, -1) < tenth:
+                tenths[event.what] = tenth
+                err.print(f"[dim]{prefix}features of the {event.what} data: {event.done}/{event.total}[/]",
+                          highlight=False)
+        elif event.stage == "features":
+            if event.what not in tasks:
+                tasks[event.what] = bar.add_task(f"{prefix}features of the {event.what} data", total=event.total)
+            bar.update(tasks[event.what], completed=event.done)
+        else:
+            bar.console.print(f"[dim]{prefix}epoch {event.done}/{event.total}: "
+                              f"{epoch_metrics_text(event.metrics)}[/]", highlight=False)
+
+    with bar:
+        yield show
 
 
 @app.command("sweep")
