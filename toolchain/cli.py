@@ -568,7 +568,7 @@ def epoch_metrics_text(metrics: dict[str, float]) -> str:
 
 
 @contextlib.contextmanager
-def _head_progress(prefix: str = "") -> Iterator[Any]:
+def _head_progress() -> Iterator[Any]:
     """A progress bar on stderr while the frozen base computes features, then one line per epoch."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -576,21 +576,27 @@ def _head_progress(prefix: str = "") -> Iterator[Any]:
                    console=err, transient=True)
     tasks: dict[str, Any] = {}
     tenths: dict[str, int] = {}
+    last_done: dict[str, int] = {}
 
     def show(event: Any) -> None:
-        if event.stage == "features" and not err.is_terminal:  # a log: a line per tenth of the data
-            tenth = event.done * 10 // event.total
-            if tenths.get(event.what, -1) < tenth:
-                tenths[event.what] = tenth
-                err.print(f"[dim]{prefix}features of the {event.what} data: {event.done}/{event.total}[/]",
-                          highlight=False)
-        elif event.stage == "features":
-            if event.what not in tasks:
-                tasks[event.what] = bar.add_task(f"{prefix}features of the {event.what} data", total=event.total)
-            bar.update(tasks[event.what], completed=event.done)
-        else:
-            bar.console.print(f"[dim]{prefix}epoch {event.done}/{event.total}: "
+        if event.stage == "epoch":
+            bar.console.print(f"[dim]epoch {event.done}/{event.total}: "
                               f"{epoch_metrics_text(event.metrics)}[/]", highlight=False)
+            return
+        restarted = event.done <= last_done.get(event.what, 0)  # the next model's features (sweep)
+        last_done[event.what] = event.done
+        description = f"features of the {event.what} data"
+        if err.is_terminal:
+            if event.what not in tasks:
+                tasks[event.what] = bar.add_task(description, total=event.total)
+            elif restarted:
+                bar.reset(tasks[event.what], total=event.total)
+            bar.update(tasks[event.what], completed=event.done)
+            return
+        tenth = event.done * 10 // event.total  # a log, not a terminal: a line per tenth of the data
+        if restarted or tenths.get(event.what, -1) < tenth:
+            tenths[event.what] = tenth
+            err.print(f"[dim]{description}: {event.done}/{event.total}[/]", highlight=False)
 
     with bar:
         yield show
@@ -611,6 +617,9 @@ def sweep_command(
         "Head for every cut point, ending in classes:N; default 'gap,classes:N' (no gap on flat features).")
     )] = None,
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Head training epochs per cut point.")] = 10,
+    classes: Annotated[int | None, typer.Option("--classes", min=1, help=(
+        "Outputs of the default head; default: the labels' classes (0..max), without labels the model's."))
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the split and the heads.")] = 0,
     labels_key: Annotated[str, typer.Option("--labels-key", help="Key of the labels in the data.")] = "y",
     samples: Annotated[int | None, typer.Option("--samples", min=1, help="Use at most N samples of each set.")
@@ -631,12 +640,14 @@ def sweep_command(
     """Try cut points: params, MACs, size, TFLite latency and accuracy with a retrained head."""
     from .sweep import Budget, sweep_file
 
-    document = sweep_file(
-        model, data, out_dir, eval_data=eval_data, labels_key=labels_key, samples=samples, points=at, head=head,
-        epochs=epochs, seed=seed, target=target, threads=threads, bench_overrides={"min_seconds": min_seconds},
-        budget=Budget(max_latency_ms, min_accuracy), drops=not no_drops, trust=trust_model,
-        progress=lambda message: err.print(f"[dim]{message}[/]", highlight=False),
-    )
+    with _head_progress() as head_progress:
+        document = sweep_file(
+            model, data, out_dir, eval_data=eval_data, labels_key=labels_key, samples=samples, points=at,
+            head=head, epochs=epochs, classes=classes, seed=seed, target=target, threads=threads,
+            bench_overrides={"min_seconds": min_seconds}, budget=Budget(max_latency_ms, min_accuracy),
+            drops=not no_drops, trust=trust_model, head_progress=head_progress,
+            progress=lambda message: err.print(f"[dim]{message}[/]", highlight=False),
+        )
     table = Table(title=f"cut-point sweep ({document['metric']})")
     for column in ("cut at", "params", "MACs", "p50 ms", document["metric"], "Pareto"):
         table.add_column(column)

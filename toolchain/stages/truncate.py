@@ -381,6 +381,24 @@ def _plan(model: Any, drops: list[str], cuts: list[str]) -> _Plan:
     return plan
 
 
+def _depends_on(model: Any, cut: str, dropped: str) -> bool:
+    """Whether the layer at `cut` is computed from the layer `dropped` (addresses as outer/inner)."""
+    graph = _analyse(model)
+    cut_parts, drop_parts = cut.split("/"), dropped.split("/")
+    for depth in range(min(len(cut_parts), len(drop_parts))):
+        cut_node, drop_node = _named_node(graph, cut_parts[depth]), _named_node(graph, drop_parts[depth])
+        if cut_node is not drop_node:
+            return any(id(drop_node) in _ancestors(graph, t) for t in cut_node.outputs)
+        if depth + 1 < min(len(cut_parts), len(drop_parts)):
+            graph = _analyse(cut_node.operation, graph.prefix + cut_parts[depth] + "/")
+    return True  # the same layer, or one inside the other
+
+
+def _named_node(graph: _Graph, name: str) -> Any:
+    nodes = graph.by_name[name]
+    return next((n for n in nodes if not n.is_input), nodes[0])
+
+
 def _flat(value: Any) -> list[Any]:
     from keras import tree
 
@@ -499,6 +517,12 @@ def truncate(
     if head_layers and len(cuts) > 1:
         raise InputError(f"a head goes on one output, but {len(cuts)} cut points were given; cut at one layer")
     plan = _plan(model, drops, cuts)
+    for address in drops if cuts else []:
+        if not any(_depends_on(model, cut, address) for cut in cuts):
+            raise InputError(
+                f"dropping '{address}' has no effect: the cut at {', '.join(repr(c) for c in cuts)} already "
+                "removes it (no kept layer depends on it); drop only layers the cut keeps"
+            )
 
     new_inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=_input_name(t)) for t in graph.inputs]
     produced: dict[str, list[Any]] = {}
@@ -747,28 +771,40 @@ def stream_features(model: Any, arrays: list[np.ndarray], progress: ProgressCall
         raise InputError(f"the head's features have an undefined dimension {(None, *shape)}; give the model a "
                          "fixed input size to train a head")
     features = np.empty((count, *shape), dtype=np.float32)
+    call = traced_call(model)
     for start in range(0, count, batch_size):
         chunk = [a[start:start + batch_size] for a in arrays]
-        features[start:start + len(chunk[0])] = np.asarray(model(_one_or_list(chunk), training=False))
+        features[start:start + len(chunk[0])] = np.asarray(call(*chunk)[0])
         if progress is not None:
             progress(HeadProgress("features", min(start + batch_size, count), count, what=what))
     return features
 
 
 def predict_arrays(model: Any, arrays: list[np.ndarray], batch_size: int = FEATURE_BATCH) -> list[np.ndarray]:
-    """All outputs of `model` on positional input arrays, by eager calls in batches.
-
-    Eager calls avoid tracing a new tf.function per model, which dominates `predict`
-    when many small truncated models are scored one after another.
-    """
-    count = len(arrays[0])
-    parts: list[list[np.ndarray]] = []
-    for start in range(0, count, batch_size):
-        chunk = [a[start:start + batch_size] for a in arrays]
-        result = model(chunk if len(chunk) > 1 else chunk[0], training=False)
-        result = list(result) if isinstance(result, (list, tuple)) else [result]
-        parts.append([np.asarray(r) for r in result])
+    """All outputs of `model` on positional input arrays, in batches through one traced graph."""
+    call = traced_call(model)
+    parts = [[np.asarray(r) for r in call(*[a[start:start + batch_size] for a in arrays])]
+             for start in range(0, len(arrays[0]), batch_size)]
     return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+
+def traced_call(model: Any) -> Callable[..., list[Any]]:
+    """The model in inference mode as one tf.function for every batch size.
+
+    Eager calls of a large model grow the heap batch after batch (ResNet50 to conv4, 16
+    images of 224x224: +2.6 GB after four calls, +0.3 GB traced), and memory must not grow
+    with the data.
+    """
+    import tensorflow as tf
+
+    specs = [tf.TensorSpec((None, *t.shape[1:]), t.dtype) for t in model.inputs]
+
+    @tf.function(input_signature=specs)
+    def call(*arrays: Any) -> list[Any]:
+        result = model(_one_or_list(list(arrays)), training=False)
+        return list(result) if isinstance(result, (list, tuple)) else [result]
+
+    return call
 
 
 def _one_or_list(tensors: list[Any]) -> Any:
