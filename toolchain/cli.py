@@ -486,26 +486,39 @@ def emulator_check(
                                                "<name>.<recipe>.<format>, else fp32).")] = None,
     golden: Annotated[Path | None, typer.Option("--golden", help="Save golden .npz files (inputs and emulated "
                                                 "outputs) of passing artifacts here.")] = None,
-    timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds per artifact.")] = 300.0,
+    timeout: Annotated[float | None, typer.Option("--timeout", min=1, help=(
+        "Seconds per artifact (default: scaled from the artifact's MACs, at least 300). No answer "
+        "in time is the verdict TIMEOUT (exit 6), not a failure."))] = None,
     cache_dir: CacheDirOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Load and invoke artifacts on the emulated Pi and compare their outputs with the host's."""
     from .emulator.gate import check_files
-    from .errors import ParityError
+    from .errors import ParityError, TargetError
+
+    def print_result(name: str, record: dict[str, Any]) -> None:
+        verdict = {"pass": "[green]pass[/]", "timeout": "[yellow]TIMEOUT[/]"}.get(record["verdict"], "[red]FAIL[/]")
+        seconds = record["emulated_seconds"]
+        out.print(f"{verdict} {name}: {record['summary']} [dim](emulated run {seconds:.1f} s)[/]", highlight=False)
+
+    def still_running(name: str, seconds: float, limit: float) -> None:
+        err.print(f"[dim]{name}: still running on the emulated {target}, {seconds:.0f} s of at most {limit:.0f} s[/]",
+                  highlight=False)
 
     document = check_files(artifacts, target, runtime, inputs=inputs, recipe=recipe, golden_dir=golden,
-                           timeout=timeout, cache_dir=cache_dir)
+                           timeout=timeout, cache_dir=cache_dir, on_result=None if as_json else print_result,
+                           heartbeat=still_running)
     if as_json:
         print(json.dumps(document, indent=2))
-    else:
-        for name, record in document["artifacts"].items():
-            verdict = "[green]pass[/]" if record["verdict"] == "pass" else "[red]FAIL[/]"
-            seconds = record["emulated_seconds"]
-            out.print(f"{verdict} {name}: {record['summary']} [dim](emulated run {seconds:.1f} s)[/]", highlight=False)
-    failed = [n for n, r in document["artifacts"].items() if r["verdict"] != "pass"]
+    verdicts = {name: record["verdict"] for name, record in document["artifacts"].items()}
+    failed = [n for n, v in verdicts.items() if v == "fail"]
+    slow = [n for n, v in verdicts.items() if v == "timeout"]
+    also = f"; no answer in time (TIMEOUT): {', '.join(slow)}" if slow else ""
     if failed:
-        raise ParityError(f"{len(failed)} artifact(s) fail on the emulated {target}: {', '.join(failed)}")
+        raise ParityError(f"{len(failed)} artifact(s) fail on the emulated {target}: {', '.join(failed)}{also}")
+    if slow:
+        raise TargetError(f"{len(slow)} artifact(s) gave no answer in time on the emulated {target}: "
+                          f"{', '.join(slow)}; that is no verdict on the artifact: re-run with a longer --timeout")
 
 
 HEAD_HELP = ("New head, comma-separated: gap | gmp | flatten | dense:UNITS[:ACT] | dropout:RATE | "

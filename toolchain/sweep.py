@@ -380,21 +380,8 @@ def plot_figure(document: dict[str, Any]) -> Any:
     import matplotlib.pyplot as plt
 
     points = document["points"]
-    cuts = [p for p in points if p["kind"] != "full"]
-    full = [p for p in points if p["kind"] == "full"]
-    front = sorted((p for p in points if p["pareto"]), key=lambda p: p["latency_ms"]["p50"])
     figure, axes = plt.subplots(figsize=(9, 4.8), dpi=110)
-    axes.scatter([p["latency_ms"]["p50"] for p in cuts], [p["accuracy"] for p in cuts],
-                 color="#8899aa", label="cut points", zorder=2)
-    axes.scatter([p["latency_ms"]["p50"] for p in full], [p["accuracy"] for p in full], marker="*", s=160,
-                 color="#1f3b73", label="full model", zorder=5)
-    axes.plot([p["latency_ms"]["p50"] for p in front], [p["accuracy"] for p in front], "o-",
-              color="#d62728", label="Pareto front", zorder=3)
-    chosen = document["recommended"]
-    if chosen:
-        p = next(p for p in points if p["at"] == chosen["at"])
-        axes.scatter([p["latency_ms"]["p50"]], [p["accuracy"]], s=180, facecolors="none",
-                     edgecolors="#2ca02c", linewidths=2, label="recommended", zorder=4)
+    _draw_points(axes, points, document["recommended"])
     _draw_budget(axes, document["budget"], max(p["latency_ms"]["p50"] for p in points))
     axes.set_xlabel(f"fp32 TFLite p50 latency (ms) on {document['target']}")
     axes.set_ylabel(document["metric"])
@@ -405,6 +392,22 @@ def plot_figure(document: dict[str, Any]) -> Any:
     figure.tight_layout()
     _place_labels(figure, axes, points)
     return figure
+
+
+def _draw_points(axes: Any, points: list[dict[str, Any]], chosen: dict[str, Any] | None) -> None:
+    cuts = [p for p in points if p["kind"] != "full"]
+    full = [p for p in points if p["kind"] == "full"]
+    front = sorted((p for p in points if p["pareto"]), key=lambda p: p["latency_ms"]["p50"])
+    axes.scatter(*_xy(cuts), color="#8899aa", label="cut points", zorder=2)
+    axes.scatter(*_xy(full), marker="*", s=160, color="#1f3b73", label="full model", zorder=5)
+    axes.plot(*_xy(front), "o-", color="#d62728", label="Pareto front", zorder=3)
+    if chosen:
+        axes.scatter(*_xy([p for p in points if p["at"] == chosen["at"]]), s=180, facecolors="none",
+                     edgecolors="#2ca02c", linewidths=2, label="recommended", zorder=4)
+
+
+def _xy(points: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
+    return [p["latency_ms"]["p50"] for p in points], [p["accuracy"] for p in points]
 
 
 def _draw_budget(axes: Any, budget: dict[str, Any], slowest: float) -> None:

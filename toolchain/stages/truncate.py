@@ -500,30 +500,11 @@ def truncate(
             f"model '{model.name}' has Lambda or custom layers: {', '.join(unsafe)}; truncation runs "
             f"their Python code and the saved result needs it to load; {TRUST_HINT}"
         )
-    addresses = layer_addresses(model)
-    cut_refs = [] if at is None else ([at] if isinstance(at, (str, int, np.integer)) else list(at))
-    drop_refs = [] if drop is None else ([drop] if isinstance(drop, str) else list(drop))
-    cuts = [_resolve(model, ref, addresses, "cut point") for ref in cut_refs]
-    drops = [_resolve(model, ref, addresses, "layer to drop") for ref in drop_refs]
-    for kind, names in (("cut point", cuts), ("dropped layer", drops)):
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise InputError(f"{kind} '{twice[0]}' is given more than once")
-    input_names = {_input_name(t) for t in graph.inputs}
-    for address in cuts:
-        if address in input_names:
-            raise InputError(f"cannot cut at '{address}': it is a model input, the cut would keep no layers")
+    cuts, drops = _resolved_addresses(model, graph, at, drop)
     head_layers = _head_layers(head)
     if head_layers and len(cuts) > 1:
         raise InputError(f"a head goes on one output, but {len(cuts)} cut points were given; cut at one layer")
     plan = _plan(model, drops, cuts)
-    for address in drops if cuts else []:
-        if not any(_depends_on(model, cut, address) for cut in cuts):
-            raise InputError(
-                f"dropping '{address}' has no effect: the cut at {', '.join(repr(c) for c in cuts)} already "
-                "removes it (no kept layer depends on it); drop only layers the cut keeps"
-            )
-
     new_inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=_input_name(t)) for t in graph.inputs]
     produced: dict[str, list[Any]] = {}
     final = _run(graph, new_inputs, plan, produced)
@@ -537,6 +518,7 @@ def truncate(
                     f" ({why}); cut at a layer that is kept"
                 )
             outputs.extend(produced[address])
+        _check_drops_are_kept(model, drops, cuts)
     else:
         outputs = [t for t in final if t is not None]
     if head_layers and len(outputs) != 1:
@@ -562,6 +544,34 @@ def truncate(
     return attach_head(base, head_layers, train_data, eval_data=eval_data, epochs=epochs, seed=seed,
                        batch_size=batch_size, learning_rate=learning_rate, name=name or f"{model.name}_truncated",
                        progress=progress)
+
+
+def _resolved_addresses(model: Any, graph: _Graph, at: Any, drop: Any) -> tuple[list[str], list[str]]:
+    """(cut points, dropped layers) as addresses: each once, no cut at a model input."""
+    addresses = layer_addresses(model)
+    cut_refs = [] if at is None else ([at] if isinstance(at, (str, int, np.integer)) else list(at))
+    drop_refs = [] if drop is None else ([drop] if isinstance(drop, str) else list(drop))
+    cuts = [_resolve(model, ref, addresses, "cut point") for ref in cut_refs]
+    drops = [_resolve(model, ref, addresses, "layer to drop") for ref in drop_refs]
+    for kind, names in (("cut point", cuts), ("dropped layer", drops)):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise InputError(f"{kind} '{twice[0]}' is given more than once")
+    input_names = {_input_name(t) for t in graph.inputs}
+    for address in cuts:
+        if address in input_names:
+            raise InputError(f"cannot cut at '{address}': it is a model input, the cut would keep no layers")
+    return cuts, drops
+
+
+def _check_drops_are_kept(model: Any, drops: list[str], cuts: list[str]) -> None:
+    """A drop after the cut would be ignored: refuse it rather than let it pass unnoticed."""
+    for address in drops if cuts else []:
+        if not any(_depends_on(model, cut, address) for cut in cuts):
+            raise InputError(
+                f"dropping '{address}' has no effect: the cut at {', '.join(repr(c) for c in cuts)} already "
+                "removes it (no kept layer depends on it); drop only layers the cut keeps"
+            )
 
 
 def _input_name(tensor: Any) -> str:
