@@ -320,3 +320,67 @@ def test_unreadable_inputs_file(cnn_artifacts, emulator_cache, tmp_path, capsys)
     assert main(["emulator", "check", str(cnn_artifacts / "cnn.fp32.tflite"), "--inputs", str(garbage),
                  "--cache-dir", str(emulator_cache)]) == 2
     assert "cannot read it as .npz" in capsys.readouterr().err
+
+
+def test_no_answer_in_time_is_a_timeout_verdict_with_the_hint(emulator_cache, cnn_artifacts, capsys, tmp_path,
+                                                              monkeypatch):
+    from toolchain.emulator import run as run_module
+
+    monkeypatch.setattr(run_module, "HEARTBEAT_SECONDS", 1.0)
+    artifact = str(cnn_artifacts / "cnn.fp32.tflite")
+    code = main(["emulator", "check", artifact, "--timeout", "3", "--cache-dir", str(emulator_cache),
+                 "--golden", str(tmp_path / "golden")])
+    captured = capsys.readouterr()
+    assert code == 6  # a target problem, not a parity failure (5)
+    assert "TIMEOUT cnn.fp32.tflite: emulated raspberry-pi-4 (cortex-a72) with tflite_runtime: no answer within " \
+           "3 s" in " ".join(captured.out.split())
+    assert "give it longer with --timeout" in " ".join(captured.out.split())
+    assert "cnn.fp32.tflite: still running on the emulated raspberry-pi-4, 1 s of at most 3 s" in \
+        " ".join(captured.err.split())
+    assert "1 artifact(s) gave no answer in time on the emulated raspberry-pi-4: cnn.fp32.tflite; that is no " \
+           "verdict on the artifact: re-run with a longer --timeout" in " ".join(captured.err.split())
+    assert not (tmp_path / "golden").exists()
+    code, document = _check(capsys, artifact, "--timeout", "3", "--cache-dir", str(emulator_cache))
+    record = document["artifacts"]["cnn.fp32.tflite"]
+    assert code == 6 and record["verdict"] == "timeout" and record["failure"] == "timeout"
+    assert record["timeout_seconds"] == 3 and record["signal"] is None
+
+
+def test_results_arrive_as_each_artifact_finishes_with_a_macs_scaled_timeout(emulator_cache, cnn_artifacts,
+                                                                            small_cnn):
+    from toolchain.emulator.gate import check_files
+    from toolchain.emulator.timeouts import default_timeout
+    from toolchain.model_stats import count_macs
+
+    names = ["cnn.fp32.tflite", "cnn.int8.tflite"]
+    finished: list[tuple[str, str]] = []
+    document = check_files([cnn_artifacts / n for n in names], "raspberry-pi-4", "tflite_runtime",
+                           cache_dir=emulator_cache, on_result=lambda name, r: finished.append((name, r["verdict"])))
+    assert finished == [(n, "pass") for n in names]
+    for name in names:
+        record = document["artifacts"][name]
+        assert record["macs_per_sample"] == count_macs(small_cnn)
+        assert record["timeout_seconds"] == default_timeout(count_macs(small_cnn), 8)
+
+
+def test_onnx_is_gated_on_the_device_profiles_onnxruntime(emulator_cache, small_cnn, tmp_path, capsys):
+    import onnx
+
+    from toolchain.stages.export_onnx import export_onnx
+
+    current = export_onnx(small_cnn, tmp_path / "cnn.fp32.onnx")  # opset 17: onnxruntime 1.16 runs it
+    newer = onnx.load(str(current))
+    newer.opset_import[0].version = 20  # same ops; onnxruntime 1.16.3 (opset <= 19) refuses the file
+    onnx.save(newer, str(tmp_path / "cnn20.fp32.onnx"))
+    code, document = _check(capsys, str(current), str(tmp_path / "cnn20.fp32.onnx"), "--target", "raspberry-pi-4",
+                            "--cache-dir", str(emulator_cache))
+    assert code == 5
+    passed, refused = document["artifacts"]["cnn.fp32.onnx"], document["artifacts"]["cnn20.fp32.onnx"]
+    assert passed["verdict"] == "pass" and document["device_profile"] == "raspberry-pi-4"
+    assert passed["runtime_gap"].startswith(f"emulated with onnxruntime {passed['backend_version']}, the device "
+                                            "profile says onnxruntime 1.16.3")
+    assert "[emulated with onnxruntime" in passed["summary"]
+    assert refused["verdict"] == "fail" and refused["failure"] == "opset"
+    assert refused["failures"] == ["cnn20.fp32.onnx uses ONNX opset 20, but the device's onnxruntime 1.16.3 runs "
+                                   "opset <= 19 (target profile); export it with opset 19 (--opset 19, or "
+                                   "export.onnx.opset)"]

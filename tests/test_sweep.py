@@ -62,7 +62,11 @@ def test_demo_sweep_writes_json_table_and_plot_and_meets_the_budget(demo_inputs,
     code = main(["sweep", str(demo_inputs / "digits_cnn.keras"), "--data", str(demo_inputs / "digits_train.npz"),
                  "--eval", str(demo_inputs / "digits_eval.npz"), "--out", str(out), "--epochs", "5",
                  "--min-seconds", "0.05", "--max-latency-ms", "1000", "--min-accuracy", "0.9"])
-    assert code == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "cut at flatten: training the head classes:10" in captured.err
+    assert "features of the train data: 1297/1297" in captured.err and "epoch 5/5: loss " in captured.err
+    assert "flatten: accuracy 0." in captured.err and "full model: accuracy 0." in captured.err
     document = json.loads((out / "sweep.json").read_text())
     assert document["metric"] == "accuracy"
     assert [p["at"] for p in document["points"]] == [None, "conv1", "flatten", "dropout"]
@@ -84,7 +88,7 @@ def test_demo_sweep_writes_json_table_and_plot_and_meets_the_budget(demo_inputs,
     assert "| flatten | classes:10 |" in table and "Recommended: **" in table
     assert (out / "sweep.png").read_bytes()[:8] == PNG_MAGIC
     assert not list(out.glob(".*")), "no temp files left behind"
-    assert "recommended" in capsys.readouterr().out
+    assert "recommended" in captured.out
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +175,61 @@ def test_sweep_of_a_feature_extractor_trains_a_head_on_the_full_model_too(residu
     assert full["accuracy"] > 0.5  # a linear head on the trained residual features
     assert document["drops"] == [] and "residual blocks were not priced" in document["notes"][0]
     assert "Note: residual blocks were not priced" in (tmp_path / "sweep.md").read_text()
+
+
+def test_default_cut_points_skip_cuts_before_any_weights():
+    import keras
+
+    inputs = keras.Input((8, 8, 3), name="pixels")
+    x = keras.layers.Rescaling(1 / 255, name="rescaling")(inputs)
+    x = keras.layers.Conv2D(4, 3, name="conv1")(x)
+    x = keras.layers.Conv2D(4, 3, name="conv2")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="probs")(x), name="scaled")
+    assert block_boundaries(model) == ["conv1", "gap"]  # not 'rescaling': a head on raw pixels
+
+
+def test_sweep_heads_take_the_class_count_from_the_labels(digits_data, tmp_path, capsys):
+    import keras
+
+    train, evaluation = digits_data
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="stem")(inputs)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    wide = keras.Model(inputs, keras.layers.Dense(1000, activation="softmax", name="probs")(x), name="wide")
+    small = (train.head(200), evaluation.head(100))  # labels 0-9 under a 1000-class output
+    document = run_sweep(wide, *small, tmp_path / "a", points=["stem"], epochs=1, bench_overrides=QUICK_BENCH)
+    assert document["points"][1]["head"] == "gap,classes:10"
+    document = run_sweep(wide, *small, tmp_path / "b", points=["stem"], epochs=1, bench_overrides=QUICK_BENCH,
+                         classes=12)
+    assert document["points"][1]["head"] == "gap,classes:12"
+    with pytest.raises(InputError, match="--classes 5 is too few: the labels go up to 9; give --classes 10"):
+        run_sweep(wide, *small, tmp_path / "c", points=["stem"], classes=5)
+    assert not (tmp_path / "c").exists()
+
+
+def _sweep_document(points):
+    return {"points": points, "recommended": None, "budget": {"max_latency_ms": None, "min_accuracy": None},
+            "target": "local", "metric": "accuracy", "model": {"name": "crowded"}}
+
+
+def test_plot_labels_do_not_overlap_and_the_legend_hides_no_point():
+    from toolchain.sweep import plot_figure
+
+    cluster = [{**_point(f"conv{i}_block_out", 1.0 + 0.01 * i, 0.90 + 0.002 * i), "pareto": i % 2 == 0}
+               for i in range(6)]
+    full = {**_point(None, 3.0, 0.99), "kind": "full", "pareto": True}  # top right, where legends go
+    figure = plot_figure(_sweep_document([full, *cluster, {**_point("pool", 0.2, 0.30), "pareto": True}]))
+    renderer = figure.canvas.get_renderer()
+    axes = figure.axes[0]
+    boxes = [t.get_window_extent(renderer) for t in axes.texts]
+    assert sorted(t.get_text() for t in axes.texts) == sorted(["full model", "pool"]
+                                                               + [f"conv{i}_block_out" for i in range(6)])
+    for i, a in enumerate(boxes):
+        assert not any(a.overlaps(b) for b in boxes[i + 1:]), "two point labels overlap"
+    legend = axes.get_legend()
+    assert "full model" in [t.get_text() for t in legend.get_texts()]
+    legend_box = legend.get_window_extent(renderer)
+    for x, y in [axes.transData.transform((p["latency_ms"]["p50"], p["accuracy"])) for p in [full, *cluster]]:
+        assert not legend_box.contains(x, y), "the legend covers a point"

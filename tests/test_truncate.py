@@ -155,6 +155,19 @@ def test_nested_drop_inner_block(nested):
     assert _max_diff(_predict(dropped, x), _predict(outer, x)) > 1e-4  # the drop changed something
 
 
+def test_drop_that_the_cut_already_removes_is_refused(res_cnn, nested):
+    with pytest.raises(InputError, match="dropping 'bn' has no effect: the cut at 'res1_add' already removes it"):
+        truncate(res_cnn, at="res1_add", drop="bn")
+    with pytest.raises(InputError, match="dropping 'res1_add' has no effect"):
+        truncate(res_cnn, at=["stem"], drop="res1_add")
+    outer, _ = nested
+    with pytest.raises(InputError, match="dropping 'backbone/add' has no effect: the cut at 'backbone/conv_a'"):
+        truncate(outer, at="backbone/conv_a", drop="backbone/add")
+    # drops before the cut (also inside a sub-model the cut point follows) are kept
+    assert truncate(res_cnn, at="proj_add", drop=["bn", "res1_add"]).get_layer("proj_add")
+    assert truncate(outer, at="gap", drop="backbone/add").output_names == ["gap"]
+
+
 def test_unknown_nested_name_suggests_the_outer_inner_address(nested):
     outer, _ = nested
     with pytest.raises(InputError, match=r"unknown cut point 'conv_c'.*did you mean 'backbone/conv_c'"):
@@ -200,9 +213,7 @@ def test_drop_of_a_multi_input_layer_is_refused(two_inputs):
 def test_drop_shape_preserving_layer_equals_model_without_it(res_cnn):
     import keras
 
-    x = _rand((12, 12, 3))
-    dropped = truncate(res_cnn, drop="bn", at="res1_add")  # cut before the BN: unaffected
-    assert _max_diff(_predict(dropped, x), _predict(_intermediate(res_cnn, "res1_add"), x)) <= EXACT
+    x = _rand((12, 12, 3))  # a cut before the BN is refused: test_drop_that_the_cut_already_removes_is_refused
     dropped = truncate(res_cnn, drop="bn", at="proj_add")
     before = _intermediate(res_cnn, "res1_add")
     inp = keras.Input((12, 12, 3))
@@ -381,7 +392,7 @@ def test_truncated_model_exports_and_verifies(digits, tmp_path):
     from toolchain.stages.verify import tolerance_for, verify_artifact
 
     model, train, evaluation = digits
-    truncated = truncate(model, at="pool", drop="dropout", head="flatten,classes:10", train_data=train, epochs=3)
+    truncated = truncate(model, at="pool", head="flatten,classes:10", train_data=train, epochs=3)
     sample = evaluation.head(64)
     reference = run_keras(truncated, sample.inputs)
     artifacts = [export_tflite(truncated, tmp_path / "t.fp32.tflite"), export_onnx(truncated, tmp_path / "t.fp32.onnx")]
@@ -499,6 +510,7 @@ def test_cli_truncate_errors_leave_no_output(demo_inputs, tmp_path, capsys):
         (["--drop", "conv2"], "cannot drop 'conv2'"),
         ([], "nothing to do: give at least one of --at, --drop or --head"),
         (["--at", "pool", "--train", str(demo_inputs / "digits_train.npz")], "--train trains a new head"),
+        (["--at", "pool", "--drop", "dropout"], "dropping 'dropout' has no effect: the cut at 'pool' already"),
     ]
     for args, message in cases:
         assert main(["truncate", model, "-o", str(out), *args]) == 2
@@ -591,3 +603,75 @@ def test_inlined_sub_model_with_clashing_layer_names_is_refused():
     with pytest.raises(InputError, match='cannot build the truncated model: The name "dense" is used 2 times.*'
                                          "inlined"):
         truncate(outer, at=["inner/dense", "dense"])
+
+
+# ---- head training: bounded memory, progress, metrics ------------------------------------
+
+
+def test_head_training_streams_the_base_in_batches_and_reports_progress_and_metrics(digits):
+    import keras
+
+    from toolchain.stages.truncate import FEATURE_BATCH, HeadProgress
+
+    seen_batches: list[int] = []
+
+    class BatchRecorder(keras.layers.Layer):
+        """Records how many samples the frozen base gets per call (its memory grows with them)."""
+
+        def call(self, x):
+            import tensorflow as tf
+
+            tf.numpy_function(lambda n: seen_batches.append(int(n)) or n, [tf.shape(x)[0]], tf.int32)
+            return x
+
+    model, train, evaluation = digits
+    inputs = keras.Input((8, 8, 1), name="image")
+    features = model.get_layer("conv1")(BatchRecorder(name="recorder")(inputs))
+    base = keras.Model(inputs, features, name="recorded")
+    events: list[HeadProgress] = []
+    truncate(base, head="gap,classes:10", train_data=train.head(200), eval_data=evaluation.head(100), epochs=2,
+             trust=True, progress=events.append)
+    assert seen_batches and max(seen_batches) <= FEATURE_BATCH  # never the whole data set at once
+    assert sum(seen_batches) == 300  # every sample, once
+    done = {what: [e.done for e in events if e.stage == "features" and e.what == what] for what in ("train", "eval")}
+    assert done["train"][-1] == 200 and done["eval"][-1] == 100
+    assert done["train"] == sorted(done["train"]) and len(done["train"]) == -(-200 // FEATURE_BATCH)
+    epochs = [e for e in events if e.stage == "epoch"]
+    assert [(e.done, e.total) for e in epochs] == [(1, 2), (2, 2)]
+    for event in epochs:
+        assert set(event.metrics) == {"loss", "accuracy", "eval_loss", "eval_accuracy"}
+        assert event.metrics["loss"] > 0 and 0 <= event.metrics["eval_accuracy"] <= 1
+
+
+def test_head_eval_data_errors(digits):
+    model, train, evaluation = digits
+    with pytest.raises(InputError, match="eval_data was given without train_data"):
+        truncate(model, at="pool", head="flatten,classes:10", eval_data=evaluation)
+    wrong = (evaluation.inputs["image"][:8], np.full(8, 12))
+    with pytest.raises(DataError, match=r"head labels of the eval data must be integer class ids in \[0, 10\)"):
+        truncate(model, at="pool", head="flatten,classes:10", train_data=train.head(32), eval_data=wrong)
+
+
+def test_cli_truncate_train_prints_epoch_metrics(demo_inputs, tmp_path, capsys):
+    import json
+
+    from toolchain.cli import main
+
+    model = str(demo_inputs / "digits_cnn.keras")
+    args = ["truncate", model, "--at", "pool", "--head", "flatten,classes:10", "--train",
+            str(demo_inputs / "digits_train.npz"), "--eval", str(demo_inputs / "digits_eval.npz"), "--epochs", "2"]
+    assert main([*args, "-o", str(tmp_path / "a.keras")]) == 0
+    captured = capsys.readouterr()
+    assert "features of the train data: 1297/1297" in captured.err
+    assert "features of the eval data: 500/500" in captured.err
+    assert "epoch 1/2: loss " in captured.err and "epoch 2/2: loss " in captured.err
+    assert "; eval loss " in captured.err
+    assert "head after 2 epoch(s): loss " in captured.out and "eval loss" in captured.out
+    assert main([*args, "-o", str(tmp_path / "b.keras"), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)["head_metrics"]
+    assert set(metrics) == {"loss", "accuracy", "eval_loss", "eval_accuracy"}
+    assert metrics["eval_accuracy"] > 0.5  # flattened conv features: a linear head learns fast
+    assert main(["truncate", model, "-o", str(tmp_path / "c.keras"), "--head", "flatten,classes:10", "--eval",
+                 str(demo_inputs / "digits_eval.npz")]) == 2
+    assert "--eval scores the head trained with --train: give --train too" in capsys.readouterr().err
+    assert not (tmp_path / "c.keras").exists()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -537,26 +539,39 @@ def emulator_check(
                                                "<name>.<recipe>.<format>, else fp32).")] = None,
     golden: Annotated[Path | None, typer.Option("--golden", help="Save golden .npz files (inputs and emulated "
                                                 "outputs) of passing artifacts here.")] = None,
-    timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds per artifact.")] = 300.0,
+    timeout: Annotated[float | None, typer.Option("--timeout", min=1, help=(
+        "Seconds per artifact (default: scaled from the artifact's MACs, at least 300). No answer "
+        "in time is the verdict TIMEOUT (exit 6), not a failure."))] = None,
     cache_dir: CacheDirOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Load and invoke artifacts on the emulated Pi and compare their outputs with the host's."""
     from .emulator.gate import check_files
-    from .errors import ParityError
+    from .errors import ParityError, TargetError
+
+    def print_result(name: str, record: dict[str, Any]) -> None:
+        verdict = {"pass": "[green]pass[/]", "timeout": "[yellow]TIMEOUT[/]"}.get(record["verdict"], "[red]FAIL[/]")
+        seconds = record["emulated_seconds"]
+        out.print(f"{verdict} {name}: {record['summary']} [dim](emulated run {seconds:.1f} s)[/]", highlight=False)
+
+    def still_running(name: str, seconds: float, limit: float) -> None:
+        err.print(f"[dim]{name}: still running on the emulated {target}, {seconds:.0f} s of at most {limit:.0f} s[/]",
+                  highlight=False)
 
     document = check_files(artifacts, target, runtime, inputs=inputs, recipe=recipe, golden_dir=golden,
-                           timeout=timeout, cache_dir=cache_dir)
+                           timeout=timeout, cache_dir=cache_dir, on_result=None if as_json else print_result,
+                           heartbeat=still_running)
     if as_json:
         print(json.dumps(document, indent=2))
-    else:
-        for name, record in document["artifacts"].items():
-            verdict = "[green]pass[/]" if record["verdict"] == "pass" else "[red]FAIL[/]"
-            seconds = record["emulated_seconds"]
-            out.print(f"{verdict} {name}: {record['summary']} [dim](emulated run {seconds:.1f} s)[/]", highlight=False)
-    failed = [n for n, r in document["artifacts"].items() if r["verdict"] != "pass"]
+    verdicts = {name: record["verdict"] for name, record in document["artifacts"].items()}
+    failed = [n for n, v in verdicts.items() if v == "fail"]
+    slow = [n for n, v in verdicts.items() if v == "timeout"]
+    also = f"; no answer in time (TIMEOUT): {', '.join(slow)}" if slow else ""
     if failed:
-        raise ParityError(f"{len(failed)} artifact(s) fail on the emulated {target}: {', '.join(failed)}")
+        raise ParityError(f"{len(failed)} artifact(s) fail on the emulated {target}: {', '.join(failed)}{also}")
+    if slow:
+        raise TargetError(f"{len(slow)} artifact(s) gave no answer in time on the emulated {target}: "
+                          f"{', '.join(slow)}; that is no verdict on the artifact: re-run with a longer --timeout")
 
 
 HEAD_HELP = ("New head, comma-separated: gap | gmp | flatten | dense:UNITS[:ACT] | dropout:RATE | "
@@ -577,6 +592,9 @@ def truncate_command(
     train: Annotated[Path | None, typer.Option(
         "--train", metavar="DATA.npz", help="Labelled data (inputs by name + labels) to train the head on; "
         "the base stays frozen.")] = None,
+    eval_data: Annotated[Path | None, typer.Option(
+        "--eval", metavar="EVAL.npz", help="Labelled held-out data: the head's loss and accuracy on it are "
+        "printed after each epoch.")] = None,
     labels_key: Annotated[str, typer.Option("--labels-key", help="Key of the labels in --train.")] = "y",
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Head training epochs.")] = 10,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the head's initialisation and training.")] = 0,
@@ -588,8 +606,10 @@ def truncate_command(
     """Cut a model at layers, drop inner layers or residual blocks, and attach a new head."""
     from .stages.truncate import truncate_file
 
-    info = truncate_file(model, output, at=at, drop=drop, head=head, train=train, labels_key=labels_key,
-                         epochs=epochs, seed=seed, trust=trust_model)
+    with _head_progress() as progress:
+        info = truncate_file(model, output, at=at, drop=drop, head=head, train=train, eval_file=eval_data,
+                             labels_key=labels_key, epochs=epochs, seed=seed, trust=trust_model,
+                             progress=progress)
     if as_json:
         print(json.dumps(info, indent=2))
         return
@@ -602,6 +622,50 @@ def truncate_command(
         out.print(f"output {t['name']}: {t['shape']} {t['dtype']}", highlight=False)
     if head and not info["head_trained"]:
         out.print("the new head is untrained (give --train DATA.npz to train it)")
+    if info["head_metrics"]:
+        out.print(f"head after {epochs} epoch(s): {epoch_metrics_text(info['head_metrics'])}", highlight=False)
+
+
+def epoch_metrics_text(metrics: dict[str, float]) -> str:
+    text = f"loss {metrics['loss']:.4f}, accuracy {metrics['accuracy']:.4f}"
+    if "eval_loss" in metrics:
+        text += f"; eval loss {metrics['eval_loss']:.4f}, accuracy {metrics['eval_accuracy']:.4f}"
+    return text
+
+
+@contextlib.contextmanager
+def _head_progress() -> Iterator[Any]:
+    """A progress bar on stderr while the frozen base computes features, then one line per epoch."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=err, transient=True)
+    tasks: dict[str, Any] = {}
+    tenths: dict[str, int] = {}
+    last_done: dict[str, int] = {}
+
+    def show(event: Any) -> None:
+        if event.stage == "epoch":
+            bar.console.print(f"[dim]epoch {event.done}/{event.total}: "
+                              f"{epoch_metrics_text(event.metrics)}[/]", highlight=False)
+            return
+        restarted = event.done <= last_done.get(event.what, 0)  # the next model's features (sweep)
+        last_done[event.what] = event.done
+        description = f"features of the {event.what} data"
+        if err.is_terminal:
+            if event.what not in tasks:
+                tasks[event.what] = bar.add_task(description, total=event.total)
+            elif restarted:
+                bar.reset(tasks[event.what], total=event.total)
+            bar.update(tasks[event.what], completed=event.done)
+            return
+        tenth = event.done * 10 // event.total  # a log, not a terminal: a line per tenth of the data
+        if restarted or tenths.get(event.what, -1) < tenth:
+            tenths[event.what] = tenth
+            err.print(f"[dim]{description}: {event.done}/{event.total}[/]", highlight=False)
+
+    with bar:
+        yield show
 
 
 @app.command("sweep")
@@ -619,6 +683,9 @@ def sweep_command(
         "Head for every cut point, ending in classes:N; default 'gap,classes:N' (no gap on flat features).")
     )] = None,
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Head training epochs per cut point.")] = 10,
+    classes: Annotated[int | None, typer.Option("--classes", min=1, help=(
+        "Outputs of the default head; default: the labels' classes (0..max), without labels the model's."))
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the split and the heads.")] = 0,
     labels_key: Annotated[str, typer.Option("--labels-key", help="Key of the labels in the data.")] = "y",
     samples: Annotated[int | None, typer.Option("--samples", min=1, help="Use at most N samples of each set.")
@@ -639,12 +706,14 @@ def sweep_command(
     """Try cut points: params, MACs, size, TFLite latency and accuracy with a retrained head."""
     from .sweep import Budget, sweep_file
 
-    document = sweep_file(
-        model, data, out_dir, eval_data=eval_data, labels_key=labels_key, samples=samples, points=at, head=head,
-        epochs=epochs, seed=seed, target=target, threads=threads, bench_overrides={"min_seconds": min_seconds},
-        budget=Budget(max_latency_ms, min_accuracy), drops=not no_drops, trust=trust_model,
-        progress=lambda message: err.print(f"[dim]{message}[/]", highlight=False),
-    )
+    with _head_progress() as head_progress:
+        document = sweep_file(
+            model, data, out_dir, eval_data=eval_data, labels_key=labels_key, samples=samples, points=at,
+            head=head, epochs=epochs, classes=classes, seed=seed, target=target, threads=threads,
+            bench_overrides={"min_seconds": min_seconds}, budget=Budget(max_latency_ms, min_accuracy),
+            drops=not no_drops, trust=trust_model, head_progress=head_progress,
+            progress=lambda message: err.print(f"[dim]{message}[/]", highlight=False),
+        )
     table = Table(title=f"cut-point sweep ({document['metric']})")
     for column in ("cut at", "params", "MACs", "p50 ms", document["metric"], "Pareto"):
         table.add_column(column)

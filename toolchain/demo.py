@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -92,9 +96,7 @@ def write_demo_inputs(folder: Path, seed: int = 0, write_pipeline: bool = True) 
     """Train the model and write it, the data and (optionally) pipeline.toml into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     x_train, y_train, x_eval, y_eval = digits_split(seed)
-    model = train_digits_cnn(seed)
-    with atomic_output(folder / "digits_cnn.keras", suffix=".keras") as tmp:
-        model.save(tmp)
+    save_reproducibly(train_digits_cnn(seed), folder / "digits_cnn.keras")
     for name, x, y in (("digits_train.npz", x_train, y_train), ("digits_eval.npz", x_eval, y_eval)):
         with atomic_output(folder / name, suffix=".npz") as tmp:
             np.savez(tmp, **{INPUT_NAME: x, "y": y})
@@ -103,3 +105,46 @@ def write_demo_inputs(folder: Path, seed: int = 0, write_pipeline: bool = True) 
         with atomic_output(pipeline) as tmp:
             tmp.write_text(PIPELINE_TOML)
     return pipeline
+
+
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def save_reproducibly(model: Any, path: Path) -> Path:
+    """Save a .keras file whose bytes depend only on the model, so a re-run hits the caches.
+
+    Keras' own file holds the optimizer (its name, 'adam_1', counts the optimizers this
+    process made), the save date, the weights' zip timestamp and `shared_object_id`s that
+    are memory addresses: the inference model (same layers, no optimizer) is saved, then
+    the zip is rewritten without the date, with fixed timestamps and ids numbered 1, 2, ...
+    """
+    import keras
+
+    inference = keras.Model(model.inputs, model.outputs, name=model.name)
+    with tempfile.TemporaryDirectory(prefix="edge-toolchain-save-") as scratch:
+        plain = Path(scratch) / "model.keras"
+        inference.save(plain)
+        with zipfile.ZipFile(plain) as source, atomic_output(path, suffix=".keras") as tmp:
+            with zipfile.ZipFile(tmp, "w") as target:
+                for info in source.infolist():
+                    data = source.read(info)
+                    if info.filename == "metadata.json":
+                        metadata = json.loads(data)
+                        metadata.pop("date_saved", None)
+                        data = json.dumps(metadata).encode()
+                    elif info.filename == "config.json":
+                        data = json.dumps(_renumber_shared_objects(json.loads(data), {})).encode()
+                    entry = zipfile.ZipInfo(info.filename, date_time=ZIP_EPOCH)
+                    entry.compress_type, entry.external_attr = info.compress_type, info.external_attr
+                    target.writestr(entry, data)
+    return path
+
+
+def _renumber_shared_objects(node: Any, ids: dict[int, int]) -> Any:
+    """Keras marks objects shared between layers with id(obj); any distinct numbers do."""
+    if isinstance(node, dict):
+        return {key: (ids.setdefault(value, len(ids) + 1) if key == "shared_object_id" else
+                      _renumber_shared_objects(value, ids)) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_renumber_shared_objects(value, ids) for value in node]
+    return node

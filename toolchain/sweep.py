@@ -48,7 +48,8 @@ def block_boundaries(model: Any) -> list[str]:
 
     A boundary is a layer whose output every path from the inputs to the outputs goes
     through (so cutting there keeps a whole prefix of blocks, never half a residual
-    block) and that feeds a layer with weights (Conv/Dense), looking through zero
+    block), that comes after a layer with weights (a cut after input scaling keeps nothing
+    learned) and that feeds a layer with weights (Conv/Dense), looking through zero
     padding. The last layer is left out:
     cutting there is the full model. Sub-models are searched as `outer/inner`.
     """
@@ -62,7 +63,10 @@ def block_boundaries(model: Any) -> list[str]:
             return any(feeds_weights(c, graph) for t in node.outputs for c in graph.consumers.get(id(t), []))
         return False
 
-    def visit(model: Any, prefix: str) -> list[str]:
+    def has_weights(layer: Any) -> bool:
+        return type(layer).__name__ in WEIGHTED or (_is_submodel(layer) and layer.count_params() > 0)
+
+    def visit(model: Any, prefix: str, weighted_before: bool) -> tuple[list[str], bool]:
         graph = _analyse(model, prefix)
         order = [n for n in graph.nodes if not n.is_input and n.operation is not None]
         position = {id(n): i for i, n in enumerate(order)}
@@ -71,10 +75,12 @@ def block_boundaries(model: Any) -> list[str]:
         for node in order:
             layer = node.operation
             if _is_submodel(layer):
-                found.extend(visit(layer, prefix + layer.name + "/"))
+                inner, _ = visit(layer, prefix + layer.name + "/", weighted_before)
+                found.extend(inner)
+            weighted_before = weighted_before or has_weights(layer)
             consumers = [c for t in node.outputs for c in graph.consumers.get(id(t), [])]
-            if not consumers:
-                continue
+            if not consumers or not weighted_before:
+                continue  # a cut before any weights (input scaling, padding) keeps nothing learned
             # an articulation point: no edge jumps over this node in topological order
             here = position[id(node)]
             jumps = any(
@@ -87,9 +93,9 @@ def block_boundaries(model: Any) -> list[str]:
                 continue  # a cut before the padding is the same stage, without the padding
             if any(feeds_weights(c, graph) for c in consumers):
                 found.append(prefix + layer.name)
-        return found
+        return found, weighted_before
 
-    return visit(model, "")
+    return visit(model, "", False)[0]
 
 
 def default_head(feature_rank: int, classes: int) -> str:
@@ -130,6 +136,17 @@ def _predict(model: Any, inputs: dict[str, np.ndarray]) -> np.ndarray:
     return predict_arrays(model, list(inputs.values()))[0]
 
 
+def _head_class_count(model: Any, given: int | None, use_labels: bool, *labels: np.ndarray) -> int:
+    """The heads' outputs: --classes, else the labels' 0..max, else the model's own classes."""
+    needed = max(int(y.max()) for y in labels) + 1
+    if given is not None and given < needed:
+        raise InputError(f"--classes {given} is too few: the {'labels' if use_labels else 'model top-1 classes'} "
+                         f"go up to {needed - 1}; give --classes {needed} or more")
+    if given is not None:
+        return given
+    return needed if use_labels else int(model.outputs[0].shape[-1])
+
+
 def _labels_for(model: Any, data: Dataset, use_labels: bool) -> np.ndarray:
     return data.labels if use_labels else _predict(model, data.inputs).argmax(axis=1)
 
@@ -151,9 +168,15 @@ def run_sweep(
     drops: bool = True,
     trust: bool = False,
     source: dict[str, Any] | None = None,
+    classes: int | None = None,
     progress: Any = None,
+    head_progress: Any = None,
 ) -> dict[str, Any]:
     """Sweep, write sweep.json / sweep.md / sweep.png into `out_dir`, return the document.
+
+    The heads get `classes` outputs: by default the labels' count (0..max), or without labels
+    the model's own classes. `progress` gets one line per step, `head_progress` the
+    truncate.HeadProgress events of each head's training.
 
     Raises BudgetError (after writing the outputs) when a budget is given and no point meets it.
     """
@@ -175,13 +198,11 @@ def run_sweep(
                 "without labels the sweep scores agreement with the model's own top-1, so the model needs one "
                 f"(N, classes) output; '{model.name}' has outputs {[tuple(t.shape) for t in model.outputs]}"
             )
-    classes = int(model.outputs[0].shape[-1]) if len(model.outputs[0].shape) == 2 else None
-    if use_labels:
-        classes = max(classes or 0, int(max(train.labels.max(), evaluation.labels.max())) + 1)
     if head is not None and head_classes(parse_head(head)) is None:
         raise InputError(f"the sweep trains a head per cut point: end --head with classes:N (got {head!r})")
     train_labels = _labels_for(model, train, use_labels)
     eval_labels = _labels_for(model, evaluation, use_labels)
+    classes = _head_class_count(model, classes, use_labels, train_labels, eval_labels)
     train_set = Dataset(train.inputs, train_labels, train.source)
 
     cut_points = [str(p) for p in points] if points else block_boundaries(model)
@@ -192,13 +213,13 @@ def run_sweep(
         spec = head or default_head(len(model.outputs[0].shape), classes)
         note("full model: training the head")
         candidates[0] = (None, truncate(model, head=spec, train_data=train_set, epochs=epochs, seed=seed,
-                                        trust=trust), spec)
+                                        trust=trust, progress=head_progress), spec)
     for point in cut_points:
-        note(f"cut at {point}: training the head")
         base = truncate(model, at=point, trust=trust)
         spec = head or default_head(len(base.outputs[0].shape), classes)
+        note(f"cut at {point}: training the head {spec}")
         candidates.append((point, truncate(model, at=point, head=spec, train_data=train_set, epochs=epochs,
-                                           seed=seed, trust=trust), spec))
+                                           seed=seed, trust=trust, progress=head_progress), spec))
 
     records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix=".sweep-", dir=out_dir if out_dir.is_dir() else None) as tmp:
@@ -209,6 +230,8 @@ def run_sweep(
             artifacts.append(artifact)
             stats = model_stats(candidate)
             predictions = _predict(candidate, evaluation.inputs).argmax(axis=1)
+            note(f"{point or 'full model'}: {'accuracy' if use_labels else 'agreement'} "
+                 f"{np.mean(predictions == eval_labels):.4f} on the eval data")
             records.append({
                 "at": point,
                 "kind": "full" if point is None else "cut",
@@ -336,51 +359,94 @@ def markdown(document: dict[str, Any]) -> str:
 
 
 def write_plot(path: Path, document: dict[str, Any]) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from .fileio import atomic_output
 
-    points = document["points"]
-    front = sorted((p for p in points if p["pareto"]), key=lambda p: p["latency_ms"]["p50"])
-    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=110)
+    figure = plot_figure(document)
     try:
-        axes.scatter([p["latency_ms"]["p50"] for p in points], [p["accuracy"] for p in points],
-                     color="#8899aa", label="cut points", zorder=2)
-        axes.plot([p["latency_ms"]["p50"] for p in front], [p["accuracy"] for p in front], "o-",
-                  color="#d62728", label="Pareto front", zorder=3)
-        for p in points:
-            axes.annotate(_label(p), (p["latency_ms"]["p50"], p["accuracy"]), fontsize=7,
-                          xytext=(4, 4), textcoords="offset points")
-        chosen = document["recommended"]
-        if chosen:
-            p = next(p for p in points if p["at"] == chosen["at"])
-            axes.scatter([p["latency_ms"]["p50"]], [p["accuracy"]], s=180, facecolors="none",
-                         edgecolors="#2ca02c", linewidths=2, label="recommended", zorder=4)
-        budget = document["budget"]
-        slowest = max(p["latency_ms"]["p50"] for p in points)
-        limit = budget["max_latency_ms"]
-        if limit is not None and limit <= 1.5 * slowest:
-            axes.axvline(limit, color="#2ca02c", linestyle="--", linewidth=1, label=f"latency budget {limit:g} ms")
-        else:  # a far-away budget line would squash every point against the axis
-            axes.set_xlim(0, slowest * 1.15 or 1.0)
-            if limit is not None:
-                axes.plot([], [], " ", label=f"latency budget {limit:g} ms (off the chart)")
-        if budget["min_accuracy"] is not None:
-            axes.axhline(budget["min_accuracy"], color="#2ca02c", linestyle="--", linewidth=1)
-        axes.set_xlabel(f"fp32 TFLite p50 latency (ms) on {document['target']}")
-        axes.set_ylabel(document["metric"])
-        axes.set_title(f"{document['model']['name']}: {document['metric']} vs latency")
-        axes.grid(True, alpha=0.3)
-        axes.legend(fontsize=8, loc="lower right")
-        figure.tight_layout()
         with atomic_output(path, suffix=".png") as tmp:
             figure.savefig(tmp, format="png")
     finally:
         plt.close(figure)
     return path
+
+
+def plot_figure(document: dict[str, Any]) -> Any:
+    """Accuracy vs latency: the legend sits outside the axes (it hid points), labels never overlap."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = document["points"]
+    figure, axes = plt.subplots(figsize=(9, 4.8), dpi=110)
+    _draw_points(axes, points, document["recommended"])
+    _draw_budget(axes, document["budget"], max(p["latency_ms"]["p50"] for p in points))
+    axes.set_xlabel(f"fp32 TFLite p50 latency (ms) on {document['target']}")
+    axes.set_ylabel(document["metric"])
+    axes.set_title(f"{document['model']['name']}: {document['metric']} vs latency")
+    axes.grid(True, alpha=0.3)
+    axes.margins(x=0.12, y=0.12)  # room for the labels of the outermost points
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    figure.tight_layout()
+    _place_labels(figure, axes, points)
+    return figure
+
+
+def _draw_points(axes: Any, points: list[dict[str, Any]], chosen: dict[str, Any] | None) -> None:
+    cuts = [p for p in points if p["kind"] != "full"]
+    full = [p for p in points if p["kind"] == "full"]
+    front = sorted((p for p in points if p["pareto"]), key=lambda p: p["latency_ms"]["p50"])
+    axes.scatter(*_xy(cuts), color="#8899aa", label="cut points", zorder=2)
+    axes.scatter(*_xy(full), marker="*", s=160, color="#1f3b73", label="full model", zorder=5)
+    axes.plot(*_xy(front), "o-", color="#d62728", label="Pareto front", zorder=3)
+    if chosen:
+        axes.scatter(*_xy([p for p in points if p["at"] == chosen["at"]]), s=180, facecolors="none",
+                     edgecolors="#2ca02c", linewidths=2, label="recommended", zorder=4)
+
+
+def _xy(points: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
+    return [p["latency_ms"]["p50"] for p in points], [p["accuracy"] for p in points]
+
+
+def _draw_budget(axes: Any, budget: dict[str, Any], slowest: float) -> None:
+    limit = budget["max_latency_ms"]
+    if limit is not None and limit <= 1.5 * slowest:
+        axes.axvline(limit, color="#2ca02c", linestyle="--", linewidth=1, label=f"latency budget {limit:g} ms")
+    else:  # a far-away budget line would squash every point against the axis
+        axes.set_xlim(0, slowest * 1.15 or 1.0)
+        if limit is not None:
+            axes.plot([], [], " ", label=f"latency budget {limit:g} ms (off the chart)")
+    if budget["min_accuracy"] is not None:
+        axes.axhline(budget["min_accuracy"], color="#2ca02c", linestyle="--", linewidth=1)
+
+
+# where a point's label may go, in points from the marker, tried in this order
+LABEL_OFFSETS = [(dx * r, dy * r) for r in (1, 2, 3, 4) for dx, dy in
+                 ((5, 4), (5, -10), (-5, 4), (-5, -10), (0, 10), (0, -16))]
+
+
+def _place_labels(figure: Any, axes: Any, points: list[dict[str, Any]]) -> None:
+    """Each label at the first offset where it overlaps no other label or marker, inside the axes."""
+    renderer = figure.canvas.get_renderer()
+    frame = axes.get_window_extent(renderer)
+    markers = [axes.transData.transform((p["latency_ms"]["p50"], p["accuracy"])) for p in points]
+    taken: list[Any] = []
+    for index in sorted(range(len(points)), key=lambda i: markers[i][0]):
+        point = points[index]
+        for attempt, (dx, dy) in enumerate([*LABEL_OFFSETS, LABEL_OFFSETS[0]]):
+            label = axes.annotate(_label(point), (point["latency_ms"]["p50"], point["accuracy"]), fontsize=7,
+                                  xytext=(dx, dy), textcoords="offset points", ha="left" if dx >= 0 else "right")
+            box = label.get_window_extent(renderer)
+            others = [xy for i, xy in enumerate(markers) if i != index]
+            free = (frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
+                    and not any(box.overlaps(other) for other in taken)
+                    and not any(box.expanded(1.2, 1.4).contains(x, y) for x, y in others))
+            if free or attempt == len(LABEL_OFFSETS):  # nowhere free: the first spot, as before
+                taken.append(box)
+                break
+            label.remove()
 
 
 def sweep_file(

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from .stack import BOARDS, RUNTIMES, Stack
 
 RUNNER_PATH = Path(__file__).resolve().parent.parent / "device" / "runner.py"
+HEARTBEAT_SECONDS = 30.0
 
 
 @dataclass
@@ -100,8 +102,15 @@ def run_emulated(
     *,
     timeout: float,
     stdin: str | None = None,
+    heartbeat: Callable[[float], None] | None = None,
+    every: float | None = None,
 ) -> EmulatedRun:
-    """Run `script` with the emulated Python; kill the whole process group at the timeout."""
+    """Run `script` with the emulated Python; kill the whole process group at the timeout.
+
+    `heartbeat(seconds)` is called every `every` (default HEARTBEAT_SECONDS) seconds while the
+    process runs: a long emulated inference shows it is alive.
+    """
+    every = every or HEARTBEAT_SECONDS
     stack.require(board, runtime)
     command = emulated_command(stack, board, script, *args)
     started = time.perf_counter()
@@ -110,21 +119,33 @@ def run_emulated(
         env=emulated_env(stack, runtime), start_new_session=True,
     )
     timed_out = False
-    try:
-        stdout, stderr = process.communicate(stdin, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
+    pending = stdin
+    while True:
+        elapsed = time.perf_counter() - started
+        try:
+            stdout, stderr = process.communicate(pending, timeout=max(0.0, min(every, timeout - elapsed)))
+            break
+        except subprocess.TimeoutExpired:
+            pending = None  # written already: a retry must not send it again
+            elapsed = time.perf_counter() - started
+            if elapsed >= timeout:
+                timed_out = True
+                os.killpg(process.pid, signal.SIGKILL)
+                stdout, stderr = process.communicate()
+                break
+            if heartbeat is not None:
+                heartbeat(elapsed)
     return EmulatedRun(board, runtime, None if timed_out else process.returncode,
                        round(time.perf_counter() - started, 3), stdout, stderr, timed_out, timeout)
 
 
-def run_runner(stack: Stack, board: str, runtime: str, request: dict[str, Any], timeout: float) -> EmulatedRun:
+def run_runner(stack: Stack, board: str, runtime: str, request: dict[str, Any], timeout: float,
+               heartbeat: Callable[[float], None] | None = None) -> EmulatedRun:
     """One device-runner request on the emulated board, with the runtime's backend for .tflite."""
     if str(request.get("model", "")).endswith(".tflite") and "backend" not in request:
         request = {**request, "backend": RUNTIMES[runtime].backend}
-    result = run_emulated(stack, board, runtime, RUNNER_PATH, ["-"], timeout=timeout, stdin=json.dumps(request))
+    result = run_emulated(stack, board, runtime, RUNNER_PATH, ["-"], timeout=timeout, stdin=json.dumps(request),
+                          heartbeat=heartbeat)
     lines = [line for line in result.stdout.strip().splitlines() if line.startswith("{")]
     try:
         answer = json.loads(lines[-1]) if lines else None

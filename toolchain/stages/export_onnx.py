@@ -86,6 +86,7 @@ def _convert(model: Any, recipe: str, batch_size: int | None, opset: int, nchw: 
             f"--nchw: '{model.name}' has no 4-D (image) input to transpose "
             f"(inputs: {', '.join(f'{s.name} {s.shape}' for s in specs)})"
         )
+    _reset_name_counter()
     try:
         model_proto, _ = tf2onnx.convert.from_function(
             function, input_signature=specs, opset=opset, inputs_as_nchw=nchw_inputs or None,
@@ -97,7 +98,18 @@ def _convert(model: Any, recipe: str, batch_size: int | None, opset: int, nchw: 
             f"{str(e).strip().splitlines()[0][:400] if str(e).strip() else type(e).__name__}; "
             f"{COMMON_CAUSES}"
         ) from e
+    # tf2onnx writes "converted from b'__inference_named_980'", a process-wide TF function counter
+    model_proto.graph.doc_string = f"converted from Keras model '{model.name}' by tf2onnx"
     return model_proto, nchw_inputs
+
+
+def _reset_name_counter() -> None:
+    """tf2onnx numbers the nodes it makes (`name__N`) with one process-wide counter; start it
+    at the same value for every conversion so the bytes do not depend on what ran before."""
+    import tf2onnx.utils
+    from tf2onnx.rewriter import loop_rewriter_base  # noqa: F401  (takes a name when first imported)
+
+    tf2onnx.utils.INTERNAL_NAME = 1
 
 
 def _erfc_as_one_minus_erf(ctx: Any, node: Any, name: str, args: list[Any]) -> None:
