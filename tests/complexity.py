@@ -19,18 +19,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # "path:qualified.name": complexity when the rule came in (2026-12-01); lower these, never raise them
 ALLOWED = {
-    "toolchain/emulator/gate.py:gate_artifact": 18,
     "toolchain/pipeline.py:_run_stages": 54,
     "toolchain/standalone.py:export_artifact": 25,
     "toolchain/stages/quantize_onnx.py:quantize_onnx": 21,
     "toolchain/stages/truncate.py:_run": 22,
-    "toolchain/stages/truncate.py:attach_head": 18,
     "toolchain/stages/truncate.py:parse_head": 20,
     "toolchain/stages/truncate.py:truncate": 36,
     "toolchain/stages/verify.py:compare_outputs": 30,
-    "toolchain/sweep.py:block_boundaries.visit": 18,
     "toolchain/sweep.py:run_sweep": 43,
-    "toolchain/sweep.py:write_plot": 17,
 }
 
 

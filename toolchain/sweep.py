@@ -66,6 +66,18 @@ def block_boundaries(model: Any) -> list[str]:
     def has_weights(layer: Any) -> bool:
         return type(layer).__name__ in WEIGHTED or (_is_submodel(layer) and layer.count_params() > 0)
 
+    def is_boundary(node: Any, graph: Any, order: list[Any], position: dict[int, int]) -> bool:
+        consumers = [c for t in node.outputs for c in graph.consumers.get(id(t), [])]
+        if not consumers or type(node.operation).__name__.startswith("ZeroPadding"):
+            return False  # the last layer is the full model; a cut before padding is the same stage
+        # an articulation point: no edge jumps over this node in topological order
+        here = position[id(node)]
+        jumps = any(
+            position.get(id(graph.producer.get(id(t))), -1) < here < position[id(other)]
+            for other in order[here + 1:] for t in other.input_tensors
+        )
+        return not jumps and any(feeds_weights(c, graph) for c in consumers)
+
     def visit(model: Any, prefix: str, weighted_before: bool) -> tuple[list[str], bool]:
         graph = _analyse(model, prefix)
         order = [n for n in graph.nodes if not n.is_input and n.operation is not None]
@@ -78,20 +90,8 @@ def block_boundaries(model: Any) -> list[str]:
                 inner, _ = visit(layer, prefix + layer.name + "/", weighted_before)
                 found.extend(inner)
             weighted_before = weighted_before or has_weights(layer)
-            consumers = [c for t in node.outputs for c in graph.consumers.get(id(t), [])]
-            if not consumers or not weighted_before:
-                continue  # a cut before any weights (input scaling, padding) keeps nothing learned
-            # an articulation point: no edge jumps over this node in topological order
-            here = position[id(node)]
-            jumps = any(
-                position.get(id(graph.producer.get(id(t))), -1) < here < position[id(other)]
-                for other in order[here + 1:] for t in other.input_tensors
-            )
-            if jumps:
-                continue
-            if type(layer).__name__.startswith("ZeroPadding"):
-                continue  # a cut before the padding is the same stage, without the padding
-            if any(feeds_weights(c, graph) for c in consumers):
+            # a cut before any weights (input scaling, padding) keeps nothing learned
+            if weighted_before and is_boundary(node, graph, order, position):
                 found.append(prefix + layer.name)
         return found, weighted_before
 
