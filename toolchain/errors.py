@@ -7,7 +7,7 @@ Exit codes (documented in README.md):
   4  a stage failed (conversion, training, report writing)
   5  verification failed: an artifact does not match its Keras model, or a release
      bundle fails its checksums or manifest (verify-bundle)
-  6  a benchmark target failed or could not be reached
+  6  a benchmark target failed or could not be reached (also: an emulated check that timed out)
   7  a budget was exceeded
   8  the run directory is locked by another run
 130  interrupted (Ctrl-C); nothing half-written is kept
