@@ -25,7 +25,7 @@ ONNX_RECIPES = ("fp32", "fp16", "dynamic", "int8")
 CALIBRATED_RECIPES = {"tflite": ("int8", "int8-float-io", "int16x8"), "onnx": ("int8",)}
 # Opset 17 (ONNX 1.12, 2022): onnxruntime implements it from 1.13 on, so wheels of the last
 # three years run it, including those for Python 3.9-3.11 on aarch64 device images (1.15.0,
-# the oldest cp311 wheel, runs our opset-17 files). tf2onnx here emits 13-18 (README "Export").
+# the oldest cp311 wheel, runs our opset-17 files). tf2onnx here emits 13-18 (docs/export.md).
 DEFAULT_ONNX_OPSET = 17
 # Bounds on benchmark settings. Beyond them a value is a typo, and time arithmetic must stay
 # finite (an infinite timeout overflows deep inside the bench stage after outputs were written).
@@ -227,7 +227,7 @@ class TruncateTrainSection(Section):
 
 
 class TruncateSection(Section):
-    """[truncate]: cut points, dropped layers/blocks and a new head (see README, Truncation)."""
+    """[truncate]: cut points, dropped layers/blocks and a new head (see docs/truncation.md)."""
 
     at: list[str | int] = Field(default_factory=list)
     drop: list[str] = Field(default_factory=list)

@@ -1,6 +1,6 @@
 """Error classes. Each carries the process exit code the CLI returns for it.
 
-Exit codes (documented in README.md):
+Exit codes (documented in docs/exit-codes.md):
   1  unexpected internal error (a bug: please report it with --debug output)
   2  bad input: configuration, command-line values, model or data files
   3  a required dependency is missing
