@@ -35,6 +35,7 @@ from .fileio import atomic_write_json, sha256_file
 from .keras_io import input_signature, load_model, output_signature, run_keras
 from .manifest import bench_summary, new_manifest, write_manifest
 from .preflight import check_reachable
+from .recipes import RECIPES
 from .rerun import check_only, missing_cached, read_json, replay_run, run_key, stage_mode, store_run
 from .runlock import RunLock
 from .stages.bench import run_benchmarks
@@ -508,7 +509,7 @@ def _check_targets(config: PipelineConfig, model: Any, run_dir: Path, records: d
         for path, _fmt, recipe in artifacts:
             host = run_artifact(path, sample.inputs)
             results = {p.name: gate_profile(path, p, sample.inputs, host, recipe=recipe, golden_dir=run_dir / "golden")
-                       if p.connection.kind == "emulated" else check_compat(path, p, sample.inputs, host)
+                       if p.connection.kind == "emulated" else check_compat(path, p, sample.inputs, host, recipe=recipe)
                        for p in profiles}
             records[path.name]["compat"] = results
             if verify_doc is not None and path.name in verify_doc["artifacts"]:
@@ -553,7 +554,7 @@ def _export_one(config: PipelineConfig, model: Any, path: Path, fmt: str, recipe
     batch = None if config.export.dynamic_batch else config.export.batch_size
     calibrated = recipe in CALIBRATED_RECIPES[fmt]
     if fmt == "tflite":
-        keep = config.export.tflite.keep_float if calibrated else None
+        keep = config.export.tflite.keep_float if RECIPES[fmt, recipe].keep_float_applies else None
         export_tflite(model, path, recipe=recipe, batch_size=batch,
                       calibration=run_data.calibration if calibrated else None, keep_float=keep or None,
                       metadata=_provenance(manifest, recipe), allow_flex=config.export.tflite.allow_flex)
@@ -573,7 +574,7 @@ def _export_one(config: PipelineConfig, model: Any, path: Path, fmt: str, recipe
                   calibration=run_data.calibration if calibrated else None,
                   batch_size=batch, per_channel=section.per_channel,
                   calibration_method=section.calibration_method,
-                  keep_float=section.keep_float if recipe != "fp16" else None,
+                  keep_float=section.keep_float if RECIPES[fmt, recipe].keep_float_applies else None,
                   metadata=_provenance(manifest, recipe))
 
 
@@ -589,12 +590,8 @@ def _quantization_record(config: PipelineConfig, fmt: str, recipe: str, run_data
         record["per_channel"] = config.export.onnx.per_channel
         record["calibration_method"] = config.export.onnx.calibration_method
     keep = (config.export.tflite if fmt == "tflite" else config.export.onnx).keep_float
-    applies = recipe == "int8-float-io" if fmt == "tflite" else recipe in ("dynamic", "int8")
-    record["keep_float"] = list(keep) if applies else []
+    record["keep_float"] = list(keep) if RECIPES[fmt, recipe].keep_float_applies else []
     return record
-
-
-INT8_RECIPES = ("int8", "int8-float-io")
 
 
 def _layer_error_reports(config: PipelineConfig, model: Any, run_dir: Path, run_data: RunData,
@@ -602,7 +599,7 @@ def _layer_error_reports(config: PipelineConfig, model: Any, run_dir: Path, run_
     """For each int8 artifact that failed verification: its worst layers, in quant-debug/."""
     reports: dict[str, str] = {}
     failed = [(p, f, r) for p, f, r in artifacts
-              if r in INT8_RECIPES and results[p.name]["verdict"] != "pass"]
+              if RECIPES[f, r].layer_report and results[p.name]["verdict"] != "pass"]
     if not failed or run_data.calibration is None:
         return reports
     name = config.model_name
