@@ -276,16 +276,18 @@ def _execute(stage: Stage, run: RunState, units: list[Unit], executor: Executor)
     todo = []
     for index, unit in enumerate(units):
         hit = run.lookup(stage, unit.key)
-        if hit is not None:
-            results[index] = Done(unit, hit.result, True)
+        result = stage.from_cache(hit.result) if hit is not None else None
+        if hit is not None and (result is not None or stage.result_type is None):
+            results[index] = Done(unit, result, True)
         else:
             todo.append(index)
 
     def finished(index: int, result: Any) -> None:
         unit = units[index]
         if unit.key is not None:
+            as_json = result.to_json() if hasattr(result, "to_json") else result
             run.context.cache.put(stage.cache_name or stage.only or stage.name, unit.key, unit.outputs,
-                                  result=result)
+                                  result=as_json)
         results[index] = Done(unit, result, False)
 
     indexed = [_Indexed(i, units[i]) for i in todo]

@@ -50,6 +50,7 @@ class Stage:
     only: str | None = None  # the name --only knows it by (None: not selectable)
     cache_name: str = ""  # folder of its cache records (default: `only`)
     per_unit_log: bool = False  # one progress line per unit instead of one per stage
+    result_type: Any = None  # the typed record of a unit's result (records.py), JSON in the cache
 
     def enabled(self, run: RunState) -> bool:
         return True
@@ -68,6 +69,17 @@ class Stage:
 
     def finish(self, run: RunState, done: list[Done]) -> None:
         """Join the units' results to the run: records, result files; raise for failures."""
+
+    def from_cache(self, raw: Any) -> Any:
+        """A cached unit result as its typed record; None when it does not fit (then it runs again)."""
+        if self.result_type is None:
+            return raw
+        from pydantic import ValidationError
+
+        try:
+            return self.result_type.model_validate(raw)
+        except ValidationError:
+            return None
 
     def cleanup(self, run: RunState) -> None:
         """Always called once the stage is over (also after a failure): remove scratch files."""
@@ -115,6 +127,15 @@ class RunState:
         if key is None:
             return None
         return self.context.lookup(stage.cache_name or stage.only or stage.name, key)
+
+    def write_document(self, name: str, document: Any) -> None:
+        """`<name>.json` from a typed document; the run keeps the typed one and its JSON (for readers)."""
+        from ..fileio import atomic_write_json
+
+        self.memo[f"{name}_document"] = document
+        self.documents[name] = document.to_json()
+        atomic_write_json(self.run_dir / f"{name}.json", self.documents[name])
+        self.manifest["files"][name] = f"{name}.json"
 
     def sample(self, count: int) -> Dataset:
         """The first `count` evaluation samples, or seeded random inputs when there is no data."""

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..cache import file_digest
-from ..fileio import atomic_write_json
+from ..records import BENCH_SCHEMA_VERSION, BenchDocument, BenchRecord
 from .base import Done, RunState, Stage, Unit
-
-BENCH_SCHEMA_VERSION = "1.0"
 
 
 class BenchStage(Stage):
     name = "benchmark"
     only = "bench"
+    result_type = BenchRecord
 
     def enabled(self, run: RunState) -> bool:
         return run.config.bench.enabled
@@ -47,20 +44,20 @@ class BenchStage(Stage):
                                       what=f"{artifact.path.name} on {profile.name} with {threads} thread(s)"))
         return units
 
-    def run_unit(self, run: RunState, unit: Unit) -> dict[str, Any]:
+    def run_unit(self, run: RunState, unit: Unit) -> BenchRecord:
         from ..stages.bench import run_benchmarks
 
         profile, path, threads = unit.spec
-        return run_benchmarks([path], [profile], [threads], run.config.bench)[0]
+        return BenchRecord.model_validate(run_benchmarks([path], [profile], [threads], run.config.bench)[0])
 
     def finish(self, run: RunState, done: list[Done]) -> None:
         from ..manifest import bench_summary
 
-        results = [{**d.result, "cached": d.cached} for d in done]
-        document = {"schema_version": BENCH_SCHEMA_VERSION, "results": results}
-        run.documents["bench"] = document
-        atomic_write_json(run.run_dir / "bench.json", document)
-        run.manifest["files"]["bench"] = "bench.json"
+        for item in done:
+            item.result.cached = item.cached
+        document = BenchDocument(schema_version=BENCH_SCHEMA_VERSION, results=[d.result for d in done])
+        run.write_document("bench", document)
+        results = run.documents["bench"]["results"]
         for name, record in run.records.items():
             mine = [r for r in results if r["artifact"] == name]
             record["bench"] = bench_summary(mine)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..fileio import atomic_write_json
 from .base import ArtifactPlan, Done, RunState, Stage, Unit
 
 
@@ -44,13 +43,13 @@ class CompatStage(Stage):
     def finish(self, run: RunState, done: list[Done]) -> None:
         from ..stages.compat import raise_on_incompatible
 
-        verify_doc = run.documents.get("verify")
+        verify_doc = run.memo.get("verify_document")
         for item in done:
             name = item.unit.spec.path.name
             run.records[name]["compat"] = item.result
-            if verify_doc is not None and name in verify_doc["artifacts"]:
-                verify_doc["artifacts"][name]["compat"] = item.result
+            if verify_doc is not None and name in verify_doc.artifacts:
+                verify_doc.artifacts[name].compat = item.result
         if verify_doc is not None:
-            atomic_write_json(run.run_dir / "verify.json", verify_doc)
+            run.write_document("verify", verify_doc)
         for item in done:
             raise_on_incompatible(item.unit.spec.path.name, item.result)

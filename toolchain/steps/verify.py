@@ -9,15 +9,17 @@ from typing import Any
 from ..cache import content_view, file_digest
 from ..fileio import atomic_write_json
 from ..recipes import RECIPES
+from ..records import VERIFY_SCHEMA_VERSION, VerifyDocument, VerifyResult
 from .base import ArtifactPlan, Done, RunState, Stage, Unit
 
-RESULT_SCHEMA_VERSION = "1.0"
+RESULT_SCHEMA_VERSION = VERIFY_SCHEMA_VERSION
 RANDOM_SAMPLES = 16  # without evaluation data: seeded random inputs
 
 
 class VerifyStage(Stage):
     name = "verify"
     only = "verify"
+    result_type = VerifyResult
 
     def enabled(self, run: RunState) -> bool:
         return run.config.verify.enabled
@@ -28,7 +30,7 @@ class VerifyStage(Stage):
     def units(self, run: RunState) -> list[Unit]:
         return [Unit(a.path.name, key=verify_key(run, a), spec=a, what=a.path.name) for a in run.artifacts]
 
-    def run_unit(self, run: RunState, unit: Unit) -> dict[str, Any]:
+    def run_unit(self, run: RunState, unit: Unit) -> VerifyResult:
         from ..stages.verify import verify_artifact
 
         plan: ArtifactPlan = unit.spec
@@ -37,7 +39,8 @@ class VerifyStage(Stage):
             from ..keras_io import run_keras
 
             run.memo["reference"] = run_keras(run.model, sample.inputs)
-        return verify_artifact(plan.path, run.memo["reference"], sample, tolerance(run.config, plan))
+        return VerifyResult.model_validate(verify_artifact(plan.path, run.memo["reference"], sample,
+                                                           tolerance(run.config, plan)))
 
     def _sample(self, run: RunState) -> Any:
         if "verify_sample" not in run.memo:
@@ -48,30 +51,28 @@ class VerifyStage(Stage):
     def finish(self, run: RunState, done: list[Done]) -> None:
         from ..stages.verify import raise_on_failures
 
-        results = {d.unit.spec.path.name: d.result for d in done}
+        results: dict[str, VerifyResult] = {d.unit.spec.path.name: d.result for d in done}
         for item in done:
             record = run.records[item.unit.spec.path.name]
             record["cached"]["verify"] = item.cached
-            record["verify"] = {"verdict": item.result["verdict"], "failures": item.result["failures"],
-                                "outputs": item.result["outputs"]}
+            as_json = item.result.to_json()
+            record["verify"] = {"verdict": as_json["verdict"], "failures": as_json["failures"],
+                                "outputs": as_json["outputs"]}
         sample = self._sample(run)
         manifest, record = run.manifest, run.run_data.record
-        document = {
-            "schema_version": RESULT_SCHEMA_VERSION,
-            "reference": manifest["models"][-1]["path"] if run.truncation else manifest["source_model"]["path"],
-            "data": sample.source,
-            "samples": len(sample),
-            "notes": sample.notes + ([record["warning"]] if record.get("warning") else []),
-            "calibration": record,
-            "artifacts": results,
-        }
+        document = VerifyDocument(
+            schema_version=VERIFY_SCHEMA_VERSION,
+            reference=manifest["models"][-1]["path"] if run.truncation else manifest["source_model"]["path"],
+            data=sample.source, samples=len(sample),
+            notes=sample.notes + ([record["warning"]] if record.get("warning") else []),
+            calibration=record, artifacts=results,
+        )
         layer_reports = layer_error_reports(run, [d.unit.spec for d in done], results)
         for artifact_name, report_path in layer_reports.items():
             run.records[artifact_name]["verify"]["layer_report"] = report_path
-        run.documents["verify"] = document
-        atomic_write_json(run.run_dir / "verify.json", document)
-        manifest["files"]["verify"] = "verify.json"
-        raise_on_failures(results, layer_reports)
+        run.write_document("verify", document)
+        raise_on_failures({name: r.to_json() for name, r in results.items()}, layer_reports)
+
 
 
 def tolerance(config: Any, plan: ArtifactPlan) -> Any:
@@ -89,10 +90,11 @@ def verify_key(run: RunState, plan: ArtifactPlan) -> str:
         data=content_view(config.data))
 
 
-def layer_error_reports(run: RunState, artifacts: list[ArtifactPlan], results: dict[str, Any]) -> dict[str, str]:
+def layer_error_reports(run: RunState, artifacts: list[ArtifactPlan],
+                        results: dict[str, VerifyResult]) -> dict[str, str]:
     """For each int8 artifact that failed verification: its worst layers, in quant-debug/."""
     failed = [a for a in artifacts
-              if RECIPES[a.format, a.recipe].layer_report and results[a.path.name]["verdict"] != "pass"]
+              if RECIPES[a.format, a.recipe].layer_report and results[a.path.name].verdict != "pass"]
     if not failed or run.run_data.calibration is None:
         return {}
     reports: dict[str, str] = {}
@@ -101,7 +103,7 @@ def layer_error_reports(run: RunState, artifacts: list[ArtifactPlan], results: d
         for plan in failed:
             report = _layer_report(run, plan, float_onnx)
             relative = str(report.relative_to(run.run_dir))
-            results[plan.path.name]["layer_report"] = relative
+            results[plan.path.name].layer_report = relative
             reports[plan.path.name] = relative
     return reports
 
