@@ -149,12 +149,9 @@ def run_pipeline(
     run_dir = Path(out_dir or config.output.dir).resolve()
     lock = RunLock(run_dir)
     lock.check_free()  # a second run on this directory fails at once
-    profile_dirs = [config.bench.targets_dir] if config.bench.targets_dir else None
-    profiles = [find_profile(t, profile_dirs) for t in config.bench.targets] if config.bench.enabled else []
-    ctx = RunContext(StageCache(run_dir, force=force), lock, check_only(only), profiles, profile_dirs,
-                     executor or InProcessExecutor())
+    ctx = _run_context(config, run_dir, lock, force, only, executor)
 
-    key = run_key(ctx.cache, config, profiles, profile_dirs) if only is None and not force else None
+    key = run_key(ctx.cache, config, ctx.profiles, ctx.profile_dirs) if only is None and not force else None
     if key is not None and replay_run(ctx.cache, key) is not None:
         with lock:
             result = _replay(run_dir, ctx, key, log)
@@ -165,15 +162,7 @@ def run_pipeline(
     try:
         with log.stage("load model", config.model.path.name):
             model = load_model(config.model.path, trust=config.model.trust)
-        source = {
-            "path": str(config.model.path),
-            "name": config.model_name,
-            "sha256": sha256_file(config.model.path),
-            "bytes": config.model.path.stat().st_size,
-            "inputs": _tensor_records(input_signature(model)),
-            "outputs": _tensor_records(output_signature(model)),
-        }
-        manifest = new_manifest(raw_config, config_sha256(raw_config), source)
+        manifest = new_manifest(raw_config, config_sha256(raw_config), _source_record(config, model))
         try:
             result = _run_loop(config, model, run_dir, manifest, log, ctx)
         except ToolchainError as e:
@@ -191,6 +180,25 @@ def run_pipeline(
         lock.release()
     raise_if_release_candidate_fails(result.budgets)  # exit 7, after the run's outputs are written
     return result
+
+
+def _run_context(config: PipelineConfig, run_dir: Path, lock: RunLock, force: bool, only: str | None,
+                 executor: Executor | None) -> RunContext:
+    profile_dirs = [config.bench.targets_dir] if config.bench.targets_dir else None
+    profiles = [find_profile(t, profile_dirs) for t in config.bench.targets] if config.bench.enabled else []
+    return RunContext(StageCache(run_dir, force=force), lock, check_only(only), profiles, profile_dirs,
+                      executor or InProcessExecutor())
+
+
+def _source_record(config: PipelineConfig, model: Any) -> dict[str, Any]:
+    return {
+        "path": str(config.model.path),
+        "name": config.model_name,
+        "sha256": sha256_file(config.model.path),
+        "bytes": config.model.path.stat().st_size,
+        "inputs": _tensor_records(input_signature(model)),
+        "outputs": _tensor_records(output_signature(model)),
+    }
 
 
 def _replay(run_dir: Path, ctx: RunContext, key: str, log: StageLog) -> RunResult | None:
