@@ -12,17 +12,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..config import ONNX_RECIPES
 from ..data import CalibrationReader, Dataset
 from ..errors import ConfigError, DataError, StageError
 from ..fileio import atomic_output
+from ..recipes import RECIPES, is_calibrated, recipe_names
 
-RECIPE_NOTES = {
-    "fp16": "float16 weights and compute; float32 input/output (keep_io_types) so callers feed float32",
-    "dynamic": "int8 weights; activations quantized on the fly per inference (MatMulInteger/ConvInteger)",
-    "int8": "static QDQ: int8 weights (per channel by default) and activations from calibration; "
-            "float32 input/output",
-}
+RECIPE_NOTES = {r.name: r.notes for r in RECIPES.values() if r.format == "onnx" and r.name != "fp32"}
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
@@ -40,42 +35,14 @@ def quantize_onnx(
 ) -> Path:
     """Write the `recipe` version of the fp32 ONNX file `float_model` to `filepath`."""
     filepath = Path(filepath)
-    if filepath.suffix != ".onnx":
-        raise ConfigError(f"ONNX output path must end with .onnx, got {filepath}")
-    if recipe not in ONNX_RECIPES or recipe == "fp32":
-        raise ConfigError(
-            f"ONNX quantization recipe must be one of {', '.join(r for r in ONNX_RECIPES if r != 'fp32')}, "
-            f"got {recipe!r}"
-        )
-    if calibration_method not in CALIBRATION_METHODS:
-        raise ConfigError(
-            f"unknown calibration method {calibration_method!r}; choose one of {', '.join(CALIBRATION_METHODS)}"
-        )
-    if recipe == "int8" and calibration is None:
-        raise DataError("ONNX recipe 'int8' needs calibration data; set [data.calibration] source")
-    if keep_float and recipe == "fp16":
-        raise ConfigError("keep_float applies to the int8 recipes ('dynamic', 'int8'), not to 'fp16'")
+    _check_arguments(filepath, recipe, calibration, calibration_method, keep_float)
     import onnx
 
     source = onnx.load(str(float_model), load_external_data=False)
     if calibration is not None:
         calibration = channels_first(calibration, nchw_inputs(source))
-    with tempfile.TemporaryDirectory(prefix="quantize-onnx.") as work:
-        work_dir = Path(work)
-        try:
-            if recipe == "fp16":
-                model = _to_fp16(onnx.load(str(float_model)))
-            else:
-                model = _quantize(Path(float_model), work_dir, recipe, calibration, batch_size,
-                                  per_channel, calibration_method, keep_float or [])
-        except (ConfigError, DataError):
-            raise
-        except Exception as e:
-            text = str(e).strip()
-            raise StageError(
-                f"ONNX {recipe} quantization of {Path(float_model).name} failed: "
-                f"{text.splitlines()[0][:400] if text else type(e).__name__}"
-            ) from e
+    model = _convert(Path(float_model), recipe, calibration, batch_size, per_channel, calibration_method,
+                     keep_float or [])
     inherited = {p.key: p.value for p in source.metadata_props if p.key != "onnx.quant.pre_process"}
     _set_metadata(model, {**inherited, **(metadata or {}), "recipe": recipe})
     try:
@@ -85,6 +52,47 @@ def quantize_onnx(
     with atomic_output(filepath) as tmp:
         onnx.save(model, str(tmp))
     return filepath
+
+
+def _check_arguments(filepath: Path, recipe: str, calibration: Dataset | None, calibration_method: str,
+                     keep_float: list[str] | None) -> None:
+    if filepath.suffix != ".onnx":
+        raise ConfigError(f"ONNX output path must end with .onnx, got {filepath}")
+    if recipe not in recipe_names("onnx") or recipe == "fp32":
+        raise ConfigError(
+            f"ONNX quantization recipe must be one of {', '.join(r for r in recipe_names('onnx') if r != 'fp32')}, "
+            f"got {recipe!r}"
+        )
+    if calibration_method not in CALIBRATION_METHODS:
+        raise ConfigError(
+            f"unknown calibration method {calibration_method!r}; choose one of {', '.join(CALIBRATION_METHODS)}"
+        )
+    if is_calibrated("onnx", recipe) and calibration is None:
+        raise DataError(f"ONNX recipe {recipe!r} needs calibration data; set [data.calibration] source")
+    refused = RECIPES["onnx", recipe].keep_float_refused
+    if keep_float and refused:
+        raise ConfigError(refused)
+
+
+def _convert(float_model: Path, recipe: str, calibration: Dataset | None, batch_size: int | None,
+             per_channel: bool, calibration_method: str, keep_float: list[str]) -> Any:
+    """The converted model in memory; a converter failure is a StageError quoting its first line."""
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="quantize-onnx.") as work:
+        try:
+            if recipe == "fp16":
+                return _to_fp16(onnx.load(str(float_model)))
+            return _quantize(float_model, Path(work), recipe, calibration, batch_size, per_channel,
+                             calibration_method, keep_float)
+        except (ConfigError, DataError):
+            raise
+        except Exception as e:
+            text = str(e).strip()
+            raise StageError(
+                f"ONNX {recipe} quantization of {float_model.name} failed: "
+                f"{text.splitlines()[0][:400] if text else type(e).__name__}"
+            ) from e
 
 
 def nchw_inputs(model: Any) -> list[str]:
