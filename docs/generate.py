@@ -35,38 +35,47 @@ EXAMPLES = {"pipeline": ROOT / "examples" / "digits" / "pipeline.toml",
 # ---- recipes ----------------------------------------------------------------------------
 
 
-def recipe_rows() -> list[dict[str, Any]]:
-    """One row per (format, recipe): the single place the recipes table reads the code.
+def recipe_rows() -> list[Any]:
+    """The recipe registry (toolchain/recipes.py): the single place the recipes page reads."""
+    from toolchain.recipes import RECIPES
 
-    Today the recipes are the lists in toolchain/config.py and the tolerances in
-    toolchain/stages/verify.py; point this at the recipe registry when it lands.
-    """
-    from toolchain.config import CALIBRATED_RECIPES, ONNX_RECIPES, TFLITE_RECIPES
-    from toolchain.stages.verify import tolerance_for
-
-    rows = []
-    for fmt, recipes in (("tflite", TFLITE_RECIPES), ("onnx", ONNX_RECIPES)):
-        for recipe in recipes:
-            tolerance = {k: v for k, v in vars(tolerance_for(recipe, fmt=fmt)).items() if v is not None}
-            rows.append({"format": fmt, "recipe": recipe, "calibrated": recipe in CALIBRATED_RECIPES[fmt],
-                         "tolerance": tolerance})
-    return rows
+    return list(RECIPES.values())
 
 
 TOLERANCE_WORDS = {"max_abs_error": "max abs error ≤ {}", "min_cosine": "cosine ≥ {}",
                    "min_top1_agreement": "top-1 agreement ≥ {}", "max_accuracy_drop": "accuracy drop ≤ {}"}
 
 
+def _tolerance_words(tolerance: dict[str, float]) -> str:
+    return ", ".join(TOLERANCE_WORDS[k].format(v) for k, v in tolerance.items())
+
+
+def _keep_float(recipe: Any) -> str:
+    if recipe.keep_float_applies:
+        return "yes"
+    return f"refused: {recipe.keep_float_refused}" if recipe.keep_float_refused else "—"
+
+
 def recipes_page() -> str:
-    lines = [HEADER.format(source="toolchain/config.py and toolchain/stages/verify.py"), "# Recipes\n",
-             "Every recipe the exporters accept, whether it needs calibration data, and the default",
-             "tolerance `verify` applies to its artifacts (override per recipe in `[verify.tolerances.<recipe>]`).",
-             "What each recipe does and costs: [Quantization](../quantization.md).\n",
-             "| format | recipe | calibration data | default tolerance |", "|---|---|---|---|"]
-    for row in recipe_rows():
-        tolerance = ", ".join(TOLERANCE_WORDS[k].format(v) for k, v in row["tolerance"].items())
-        lines.append(f"| {row['format']} | `{row['recipe']}` | {'required' if row['calibrated'] else '—'} "
-                     f"| {tolerance} |")
+    lines = [HEADER.format(source="the recipe registry, toolchain/recipes.py"), "# Recipes\n",
+             "Every recipe the exporters accept: what it is, the converter settings, whether it needs",
+             "calibration data, whether `keep_float` layers apply, and two default tolerances with their",
+             "reasons: **verify** (the artifact against the Keras model; override per recipe in",
+             "`[verify.tolerances.<recipe>]`) and **device** (the same artifact on another runtime, e.g. the",
+             "Pi's, against this machine: the device check and the emulator gate). Adding a recipe is one",
+             "entry in `toolchain/recipes.py` plus its converter code ([Architecture](../architecture.md)).",
+             "What each recipe costs: [Quantization](../quantization.md).\n",
+             "| format | recipe | what it is | converter settings | calibration data | keep_float |",
+             "|---|---|---|---|---|---|"]
+    rows = recipe_rows()
+    for r in rows:
+        lines.append(f"| {r.format} | `{r.name}` | {r.notes} | {r.converter} | "
+                     f"{'required' if r.calibrated else '—'} | {_keep_float(r)} |")
+    lines += ["", "## Tolerances\n", "| format | recipe | verify tolerance | why | device tolerance | why |",
+              "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.format} | `{r.name}` | {_tolerance_words(r.tolerance)} | {r.tolerance_why} | "
+                     f"{_tolerance_words(r.device_tolerance)} | {r.device_tolerance_why} |")
     return "\n".join(lines) + "\n"
 
 
