@@ -32,8 +32,12 @@ def quantize_onnx(
     calibration_method: str = "minmax",
     keep_float: list[str] | None = None,
     metadata: dict[str, str] | None = None,
+    knobs: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the `recipe` version of the fp32 ONNX file `float_model` to `filepath`."""
+    """Write the `recipe` version of the fp32 ONNX file `float_model` to `filepath`.
+
+    `knobs` (see QUANT_KNOBS) are the optimizer's extra quantizer settings; None keeps the defaults.
+    """
     filepath = Path(filepath)
     if filepath.suffix != ".onnx":
         raise ConfigError(f"ONNX output path must end with .onnx, got {filepath}")
@@ -48,6 +52,7 @@ def quantize_onnx(
         )
     if is_calibrated("onnx", recipe) and calibration is None:
         raise DataError("ONNX recipe 'int8' needs calibration data; set [data.calibration] source")
+    knobs = check_knobs(knobs or {})
     refused = RECIPES["onnx", recipe].keep_float_refused
     if keep_float and refused:
         raise ConfigError(refused)
@@ -63,7 +68,7 @@ def quantize_onnx(
                 model = _to_fp16(onnx.load(str(float_model)))
             else:
                 model = _quantize(Path(float_model), work_dir, recipe, calibration, batch_size,
-                                  per_channel, calibration_method, keep_float or [])
+                                  per_channel, calibration_method, keep_float or [], knobs)
         except (ConfigError, DataError):
             raise
         except Exception as e:
@@ -113,8 +118,35 @@ def _to_fp16(model: Any) -> Any:
     return converted.model
 
 
+# The optimizer's quantizer settings, with the value that keeps today's behaviour.
+QUANT_KNOBS: dict[str, Any] = {
+    "activation_type": "int8",  # int8 (S8S8) or uint8 (U8S8 / U8U8)
+    "weight_type": "int8",
+    "reduce_range": False,  # 7-bit weights: avoids VPMADDUBSW saturation on CPUs without VNNI
+    "op_types": None,  # quantize only these op types (e.g. Conv, MatMul, Gemm, Add); None: all
+    "quant_format": "qdq",  # qdq or qoperator (QLinearConv, ...)
+    "pre_process": True,  # quant_pre_process before quantizing
+}
+QUANT_TYPES = ("int8", "uint8")
+
+
+def check_knobs(knobs: dict[str, Any]) -> dict[str, Any]:
+    """The knobs with defaults filled in; an unknown key or value is a one-line error."""
+    unknown = sorted(set(knobs) - set(QUANT_KNOBS))
+    if unknown:
+        raise ConfigError(f"unknown ONNX quantization setting {unknown[0]!r}; known: {', '.join(QUANT_KNOBS)}")
+    merged = {**QUANT_KNOBS, **knobs}
+    for key in ("activation_type", "weight_type"):
+        if merged[key] not in QUANT_TYPES:
+            raise ConfigError(f"ONNX {key} must be one of {', '.join(QUANT_TYPES)}, got {merged[key]!r}")
+    if merged["quant_format"] not in ("qdq", "qoperator"):
+        raise ConfigError(f"ONNX quant_format must be qdq or qoperator, got {merged['quant_format']!r}")
+    return merged
+
+
 def _quantize(float_model: Path, work_dir: Path, recipe: str, calibration: Dataset | None,
-              batch_size: int | None, per_channel: bool, method: str, keep_float: list[str]) -> Any:
+              batch_size: int | None, per_channel: bool, method: str, keep_float: list[str],
+              knobs: dict[str, Any]) -> Any:
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -127,12 +159,17 @@ def _quantize(float_model: Path, work_dir: Path, recipe: str, calibration: Datas
     )
 
     prepared = work_dir / "prepared.onnx"
-    quant_pre_process(str(float_model), str(prepared))
+    if knobs["pre_process"]:
+        quant_pre_process(str(float_model), str(prepared))
+    else:
+        prepared = float_model
     excluded = nodes_to_exclude(onnx.load(str(prepared)), keep_float)
     output = work_dir / f"{recipe}.onnx"
+    types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
     if recipe == "dynamic":
-        quantize_dynamic(str(prepared), str(output), weight_type=QuantType.QInt8,
-                         per_channel=per_channel, nodes_to_exclude=excluded)
+        quantize_dynamic(str(prepared), str(output), weight_type=types[knobs["weight_type"]],
+                         per_channel=per_channel, nodes_to_exclude=excluded, reduce_range=knobs["reduce_range"],
+                         op_types_to_quantize=knobs["op_types"])
     else:
         reader = CalibrationReader(calibration, batch_size or 1)
 
@@ -147,10 +184,12 @@ def _quantize(float_model: Path, work_dir: Path, recipe: str, calibration: Datas
                    "percentile": CalibrationMethod.Percentile}
         quantize_static(
             str(prepared), str(output), Reader(),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
+            quant_format=QuantFormat.QDQ if knobs["quant_format"] == "qdq" else QuantFormat.QOperator,
+            activation_type=types[knobs["activation_type"]],
+            weight_type=types[knobs["weight_type"]],
             per_channel=per_channel,
+            reduce_range=knobs["reduce_range"],
+            op_types_to_quantize=knobs["op_types"],
             calibrate_method=methods[method],
             nodes_to_exclude=excluded,
             # symmetric int8 weights (zero point 0) as int8 kernels expect; activations
