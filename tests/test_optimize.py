@@ -244,3 +244,70 @@ def test_unknown_onnx_knob_and_rewrite_are_refused():
         check_knobs({"quant_format": "qlinear"})
     with pytest.raises(ConfigError, match="unknown model rewrite 'swish'"):
         apply_rewrite(object(), "swish")
+
+
+PIPELINE = """
+[model]
+path = "{model}"
+name = "mnv3"
+
+[data]
+eval = "{data}"
+
+[data.calibration]
+source = "eval"
+
+[export]
+formats = ["tflite"]
+
+[bench]
+targets = ["local"]
+threads = [1]
+min_seconds = 0.05
+
+[optimize]
+formats = ["tflite"]
+candidates = ["tflite-int8-hswish-as-mul"]
+max_accuracy_drop = 0.02
+min_seconds = 0.05
+explain = false
+"""
+
+
+def test_pipeline_optimize_section_and_package_recommended(tmp_path, mnv3_digits, capsys):
+    """The [optimize] stage records the recommendation in the manifest; `package --recommended` ships it."""
+    import tarfile
+
+    from toolchain.manifest import validate_manifest
+
+    model, data = mnv3_digits
+    config = tmp_path / "pipeline.toml"
+    config.write_text(PIPELINE.format(model=model, data=data))
+    out = tmp_path / "run"
+    assert main(["run", str(config), "--out", str(out), "--quiet"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    validate_manifest(manifest)
+    assert manifest["files"]["optimize"] == "optimize/optimize.json"
+    document = json.loads((out / "optimize" / "optimize.json").read_text())
+    chosen = document["recommended"]["local"]["candidate"]
+    recommended = [a for a in manifest["artifacts"] if a.get("optimize")]
+    assert len(recommended) == 1 and recommended[0]["optimize"]["recommended_on"] == ["local"]
+    assert recommended[0]["optimize"]["candidate"] == chosen
+    assert recommended[0]["path"].startswith("optimize/candidates/")
+
+    capsys.readouterr()
+    assert main(["package", str(out), "--target", "local", "--recommended"]) == 0
+    printed = capsys.readouterr().out
+    assert "recommended for local by the optimize search" in printed
+    bundle = next((out / "packages").glob("*.tar.gz"))
+    with tarfile.open(bundle) as archive:
+        names = archive.getnames()
+    assert any(n.endswith(f"models/{recommended[0]['name']}") for n in names)
+
+    assert main(["package", str(out), "--target", "local", "--recommended", "--artifact", "x"]) == 2
+    assert "--recommended and --artifact both choose the artifact" in capsys.readouterr().err
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "elsewhere.toml").write_text('name = "elsewhere"\n[connection]\nkind = "local"\n')
+    assert main(["package", str(out), "--target", "elsewhere", "--targets-dir", str(profiles), "--recommended"]) == 2
+    assert "has no optimize recommendation for target 'elsewhere'" in capsys.readouterr().err

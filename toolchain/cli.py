@@ -114,12 +114,16 @@ def package(
         Path | None, typer.Option("--class-names", help="Text file, one class name per line in label order, "
                                                          "written into the bundle for device scripts.")
     ] = None,
+    recommended: Annotated[
+        bool, typer.Option("--recommended", help="Ship the artifact the run's [optimize] search recommends "
+                                                 "for the target.")
+    ] = False,
 ) -> None:
     """Write a reproducible release bundle RUN_DIR/packages/<model>-<version>-<target>.tar.gz."""
     from .package import package_run
 
     result = package_run(run_dir, target, artifact or None, version, [targets_dir] if targets_dir else None,
-                         class_names)
+                         class_names, recommended)
     out.print(f"chose: {result.reason}", highlight=False)
     out.print(f"bundle: {result.path}\nsha256: {result.sha256}", highlight=False)
 
