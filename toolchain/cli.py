@@ -57,7 +57,7 @@ def run(
     ] = False,
     only: Annotated[
         str | None, typer.Option("--only", metavar="STAGE", help=(
-            "Run only this stage (export, verify, bench or report); earlier stages come from the "
+            "Run only this stage (export, verify, bench, optimize or report); earlier stages come from the "
             "cache, later ones are skipped."))
     ] = None,
     log_json: Annotated[
