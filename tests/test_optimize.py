@@ -294,6 +294,11 @@ def test_pipeline_optimize_section_and_package_recommended(tmp_path, mnv3_digits
     assert len(recommended) == 1 and recommended[0]["optimize"]["recommended_on"] == ["local"]
     assert recommended[0]["optimize"]["candidate"] == chosen
     assert recommended[0]["path"].startswith("optimize/candidates/")
+    # the report charts the search: latency vs accuracy on each measured target, front and choice marked
+    assert (out / "report" / "plots" / "optimize-local.png").stat().st_size > 1000
+    report = (out / "report" / "report.md").read_text()
+    assert f"optimize on local: latency vs accuracy (recommended: {chosen})" in report
+    assert "optimize on local" in (out / "report" / "report.html").read_text()
 
     capsys.readouterr()
     assert main(["package", str(out), "--target", "local", "--recommended"]) == 0

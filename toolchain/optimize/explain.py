@@ -162,6 +162,30 @@ def reason(found: dict[str, Any]) -> str:
     return text + (f"; unfused Quantize/DequantizeLinear take {qdq / total:.0%}" if qdq / total > 0.1 else "")
 
 
+def _xnnpack_parts(found: dict[str, Any]) -> list[str]:
+    parts = []
+    for side in ("ours", "theirs") if "xnnpack" in found else ():
+        on, off = found["xnnpack"][side]["with_default_delegates"], found["xnnpack"][side]["without_delegates"]
+        if "p50_ms" in on and "p50_ms" in off:
+            between = ", ".join(f"{k}×{v}" for k, v in sorted(on.get("outside_delegate", {}).items()))
+            parts.append(f"{side}: {on['delegate_nodes']} XNNPACK partition(s)"
+                         + (f" split by ops XNNPACK does not take ({between})" if between else "")
+                         + f", p50 {on['p50_ms']:.3f} ms (without delegates {off['p50_ms']:.3f} ms)")
+    return parts
+
+
+def _onnxruntime_parts(found: dict[str, Any]) -> list[str]:
+    parts = []
+    for side in ("ours", "theirs") if "onnxruntime_profile" in found else ():
+        profile = found["onnxruntime_profile"][side]
+        if "error" in profile:
+            parts.append(f"{side}: no profile ({' '.join(profile['error'])[:200]})")
+            continue
+        top = list(profile["ms_per_op_type"].items())[:3]
+        parts.append(f"{side} top ops " + ", ".join(f"{k} {v:.3f} ms" for k, v in top))
+    return parts
+
+
 def summary(found: dict[str, Any]) -> str:
     """One line for the results table."""
     parts = []
@@ -171,20 +195,5 @@ def summary(found: dict[str, Any]) -> str:
         parts.append(f"op counts where they differ: ours {diff_ours or '-'}; theirs {diff_theirs or '-'}")
     else:
         parts.append("same operators, same counts")
-    if "xnnpack" in found:
-        for side in ("ours", "theirs"):
-            on, off = found["xnnpack"][side]["with_default_delegates"], found["xnnpack"][side]["without_delegates"]
-            if "p50_ms" in on and "p50_ms" in off:
-                between = ", ".join(f"{k}×{v}" for k, v in sorted(on.get("outside_delegate", {}).items()))
-                parts.append(f"{side}: {on['delegate_nodes']} XNNPACK partition(s)"
-                             + (f" split by ops XNNPACK does not take ({between})" if between else "")
-                             + f", p50 {on['p50_ms']:.3f} ms (without delegates {off['p50_ms']:.3f} ms)")
-    if "onnxruntime_profile" in found:
-        for side in ("ours", "theirs"):
-            profile = found["onnxruntime_profile"][side]
-            if "error" in profile:
-                parts.append(f"{side}: no profile ({' '.join(profile['error'])[:200]})")
-                continue
-            top = list(profile["ms_per_op_type"].items())[:3]
-            parts.append(f"{side} top ops " + ", ".join(f"{k} {v:.3f} ms" for k, v in top))
+    parts += _xnnpack_parts(found) + _onnxruntime_parts(found)
     return "; ".join(parts)

@@ -39,23 +39,7 @@ def quantize_onnx(
     `knobs` (see QUANT_KNOBS) are the optimizer's extra quantizer settings; None keeps the defaults.
     """
     filepath = Path(filepath)
-    if filepath.suffix != ".onnx":
-        raise ConfigError(f"ONNX output path must end with .onnx, got {filepath}")
-    if recipe not in recipe_names("onnx") or recipe == "fp32":
-        raise ConfigError(
-            f"ONNX quantization recipe must be one of {', '.join(r for r in recipe_names('onnx') if r != 'fp32')}, "
-            f"got {recipe!r}"
-        )
-    if calibration_method not in CALIBRATION_METHODS:
-        raise ConfigError(
-            f"unknown calibration method {calibration_method!r}; choose one of {', '.join(CALIBRATION_METHODS)}"
-        )
-    if is_calibrated("onnx", recipe) and calibration is None:
-        raise DataError("ONNX recipe 'int8' needs calibration data; set [data.calibration] source")
-    knobs = check_knobs(knobs or {})
-    refused = RECIPES["onnx", recipe].keep_float_refused
-    if keep_float and refused:
-        raise ConfigError(refused)
+    knobs = _check_arguments(filepath, recipe, calibration, calibration_method, keep_float, knobs)
     import onnx
 
     source = onnx.load(str(float_model), load_external_data=False)
@@ -86,6 +70,28 @@ def quantize_onnx(
     with atomic_output(filepath) as tmp:
         onnx.save(model, str(tmp))
     return filepath
+
+
+def _check_arguments(filepath: Path, recipe: str, calibration: Dataset | None, calibration_method: str,
+                     keep_float: list[str] | None, knobs: dict[str, Any] | None) -> dict[str, Any]:
+    """One-line errors before anything is converted; the knobs with their defaults."""
+    if filepath.suffix != ".onnx":
+        raise ConfigError(f"ONNX output path must end with .onnx, got {filepath}")
+    if recipe not in recipe_names("onnx") or recipe == "fp32":
+        raise ConfigError(
+            f"ONNX quantization recipe must be one of {', '.join(r for r in recipe_names('onnx') if r != 'fp32')}, "
+            f"got {recipe!r}"
+        )
+    if calibration_method not in CALIBRATION_METHODS:
+        raise ConfigError(
+            f"unknown calibration method {calibration_method!r}; choose one of {', '.join(CALIBRATION_METHODS)}"
+        )
+    if is_calibrated("onnx", recipe) and calibration is None:
+        raise DataError("ONNX recipe 'int8' needs calibration data; set [data.calibration] source")
+    refused = RECIPES["onnx", recipe].keep_float_refused
+    if keep_float and refused:
+        raise ConfigError(refused)
+    return check_knobs(knobs or {})
 
 
 def nchw_inputs(model: Any) -> list[str]:
