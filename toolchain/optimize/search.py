@@ -291,20 +291,21 @@ def _target_summary(records: list[dict[str, Any]], results: dict[str, dict[str, 
 
 def _quantization_note(records: list[dict[str, Any]], results: dict[str, dict[str, Any]],
                        best: tuple[str, float]) -> str:
-    """What quantization buys on this target, or by how much it loses."""
+    """What quantization buys on this target, or by how much it loses (probe figures of pruned ones)."""
     by_name = {r["name"]: r for r in records}
-    timed = [(n, r["p50_ms"]) for n, r in results.items() if "p50_ms" in r]
+    timed = [(n, _p50(r)) for n, r in results.items() if _p50(r) is not None]
     int8 = [(n, p) for n, p in timed if by_name[n]["int8_class"]]
     fp32 = [(n, p) for n, p in timed if by_name[n]["recipe"] == "fp32"]
     if not int8 or not fp32:
-        return "no int8-class candidate was measured to full length (rejected for accuracy, pruned or failed)"
+        return "no int8-class candidate reached the target (rejected for accuracy or size, or failed)"
     fastest_int8 = min(int8, key=lambda item: item[1])
     fastest_fp32 = min(fp32, key=lambda item: item[1])
     ratio = fastest_int8[1] / fastest_fp32[1]
+    probe = "" if "p50_ms" in results[fastest_int8[0]] else " (its probe run)"
     if ratio >= 1:
-        return (f"quantization buys nothing here: the fastest int8-class candidate ({fastest_int8[0]}) "
+        return (f"quantization buys nothing here: the fastest int8-class candidate ({fastest_int8[0]}{probe}) "
                 f"is {ratio:.2f}x the p50 of {fastest_fp32[0]}")
-    return f"quantization pays: {fastest_int8[0]} runs at {ratio:.2f}x the p50 of {fastest_fp32[0]}"
+    return f"quantization pays: {fastest_int8[0]}{probe} runs at {ratio:.2f}x the p50 of {fastest_fp32[0]}"
 
 
 def pareto_front(records: list[dict[str, Any]], results: dict[str, dict[str, Any]]) -> list[str]:
