@@ -198,6 +198,22 @@ def test_hard_swish_as_mul_is_not_refused_and_xnnpack_takes_it_in_int8(tmp_path)
     assert found["as_mul"]["xnnpack"] == {"partitions": 1, "outside_delegate": {}}
 
 
+def test_worst_int8_layers_are_kept_in_float(mnv3_digits, tmp_path):
+    """The keep-float candidate names the Keras layers whose ops have the largest int8 error."""
+    from toolchain.artifact_info import describe
+    from toolchain.optimize.candidates import build_candidate, candidates_for, worst_int8_layers
+    from toolchain.optimize.search import load_inputs
+
+    inputs = load_inputs(*mnv3_digits)
+    worst = worst_int8_layers(inputs.model, inputs.calibration, 3)
+    assert len(set(worst)) == 3 and set(worst) <= {layer.name for layer in inputs.model.layers}
+    candidate = next(c for c in candidates_for(inputs.model, ["tflite"]) if c.name == "tflite-int8-float-worst3")
+    path = build_candidate(inputs.model, candidate, tmp_path / "worst.tflite", inputs.calibration,
+                           tmp_path / "float.onnx")
+    ops = {op["name"] for op in describe(path)["ops"]}
+    assert "DEQUANTIZE" in ops  # float islands inside the int8 graph
+
+
 def test_time_budget_stops_new_candidates(tmp_path, mnv3_digits, capsys):
     model, data = mnv3_digits
     code = _run(str(model), "--data", str(data), "--out", str(tmp_path), "--time-budget", "0.000001",
@@ -274,6 +290,7 @@ explain = false
 """
 
 
+@pytest.mark.heavy
 def test_pipeline_optimize_section_and_package_recommended(tmp_path, mnv3_digits, capsys):
     """The [optimize] stage records the recommendation in the manifest; `package --recommended` ships it."""
     import tarfile

@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from .rewrite import apply_rewrite, hard_swish_layers
 
 INT8_CLASS = ("dynamic", "int8", "int8-float-io")  # recipes with int8 weights or activations
+WORST_LAYERS = "@worst-int8-error:3"  # keep_float entry resolved at build time from the calibration data
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ def tflite_candidates(model: Any) -> list[Candidate]:
         found.append(Candidate("tflite-int8-float-hswish-se", "tflite", "int8-float-io", keep_float=keep,
                                why="int8 with hard-swish and squeeze-excite layers in float: XNNPACK does "
                                    "not take int8 HARD_SWISH"))
+    found.append(Candidate("tflite-int8-float-worst3", "tflite", "int8-float-io", keep_float=(WORST_LAYERS,),
+                           why="int8, the 3 layers of largest int8 error (TFLite's quantization debugger) in float"))
     if hard_swish_layers(model):
         found.append(Candidate("tflite-int8-hswish-as-mul", "tflite", "int8-float-io", rewrite="hard_swish_as_mul",
                                why="int8 with hard-swish written as (x/6)*relu6(x+3): not re-fused into "
@@ -116,6 +119,21 @@ def candidates_for(model: Any, formats: list[str], only: list[str] | None = None
     return found
 
 
+def worst_int8_layers(model: Any, calibration: Dataset, count: int) -> list[str]:
+    """The Keras layers owning the TFLite ops of largest int8 error (in quantization steps), worst first."""
+    from ..stages.export_tflite import _belongs_to, tflite_layer_errors
+
+    names = [layer.name for layer in model.layers if layer.weights or type(layer).__name__ == "Activation"]
+    found: list[str] = []
+    for row in tflite_layer_errors(model, calibration, 1, worst=50):
+        owner = next((name for name in names if _belongs_to(row["layer"], name)), None)
+        if owner and owner not in found:
+            found.append(owner)
+        if len(found) == count:
+            break
+    return found
+
+
 def build_candidate(model: Any, candidate: Candidate, path: Path, calibration: Dataset,
                     float_onnx: Path) -> Path:
     """Write the candidate's file (atomically, by the format's exporter)."""
@@ -125,6 +143,8 @@ def build_candidate(model: Any, candidate: Candidate, path: Path, calibration: D
 
     metadata = {"recipe": candidate.recipe, "optimize_candidate": candidate.name}
     keep = list(candidate.keep_float) or None
+    if keep == [WORST_LAYERS]:
+        keep = worst_int8_layers(model, calibration, 3) or None
     calibrated = calibration if candidate.recipe in ("int8", "int8-float-io") else None
     model = apply_rewrite(model, candidate.rewrite)
     if candidate.format == "tflite":
