@@ -135,12 +135,14 @@ def run_pipeline(
     force: bool = False,
     only: str | None = None,
     log_json: bool = False,
+    executor: Executor | None = None,
 ) -> RunResult:
     """Run the pipeline into `out_dir`.
 
     Inputs are validated before anything is written: a bad model, data file, target or
     --only value leaves the run directory untouched. Then the run directory is locked and
-    each stage result is taken from the cache when its inputs did not change.
+    each stage result is taken from the cache when its inputs did not change. `executor`
+    runs the stages' units of work (default: in this process).
     """
     console = console or Console(stderr=True)
     log = StageLog(console, quiet, json_lines=log_json)
@@ -149,7 +151,8 @@ def run_pipeline(
     lock.check_free()  # a second run on this directory fails at once
     profile_dirs = [config.bench.targets_dir] if config.bench.targets_dir else None
     profiles = [find_profile(t, profile_dirs) for t in config.bench.targets] if config.bench.enabled else []
-    ctx = RunContext(StageCache(run_dir, force=force), lock, check_only(only), profiles, profile_dirs)
+    ctx = RunContext(StageCache(run_dir, force=force), lock, check_only(only), profiles, profile_dirs,
+                     executor or InProcessExecutor())
 
     key = run_key(ctx.cache, config, profiles, profile_dirs) if only is None and not force else None
     if key is not None and replay_run(ctx.cache, key) is not None:

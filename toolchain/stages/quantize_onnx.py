@@ -39,28 +39,15 @@ def quantize_onnx(
     `knobs` (see QUANT_KNOBS) are the optimizer's extra quantizer settings; None keeps the defaults.
     """
     filepath = Path(filepath)
-    knobs = _check_arguments(filepath, recipe, calibration, calibration_method, keep_float, knobs)
+    _check_arguments(filepath, recipe, calibration, calibration_method, keep_float)
+    knobs = check_knobs(knobs or {})
     import onnx
 
     source = onnx.load(str(float_model), load_external_data=False)
     if calibration is not None:
         calibration = channels_first(calibration, nchw_inputs(source))
-    with tempfile.TemporaryDirectory(prefix="quantize-onnx.") as work:
-        work_dir = Path(work)
-        try:
-            if recipe == "fp16":
-                model = _to_fp16(onnx.load(str(float_model)))
-            else:
-                model = _quantize(Path(float_model), work_dir, recipe, calibration, batch_size,
-                                  per_channel, calibration_method, keep_float or [], knobs)
-        except (ConfigError, DataError):
-            raise
-        except Exception as e:
-            text = str(e).strip()
-            raise StageError(
-                f"ONNX {recipe} quantization of {Path(float_model).name} failed: "
-                f"{text.splitlines()[0][:400] if text else type(e).__name__}"
-            ) from e
+    model = _convert(Path(float_model), recipe, calibration, batch_size, per_channel, calibration_method,
+                     keep_float or [], knobs)
     inherited = {p.key: p.value for p in source.metadata_props if p.key != "onnx.quant.pre_process"}
     _set_metadata(model, {**inherited, **(metadata or {}), "recipe": recipe})
     try:
@@ -73,8 +60,7 @@ def quantize_onnx(
 
 
 def _check_arguments(filepath: Path, recipe: str, calibration: Dataset | None, calibration_method: str,
-                     keep_float: list[str] | None, knobs: dict[str, Any] | None) -> dict[str, Any]:
-    """One-line errors before anything is converted; the knobs with their defaults."""
+                     keep_float: list[str] | None) -> None:
     if filepath.suffix != ".onnx":
         raise ConfigError(f"ONNX output path must end with .onnx, got {filepath}")
     if recipe not in recipe_names("onnx") or recipe == "fp32":
@@ -87,11 +73,31 @@ def _check_arguments(filepath: Path, recipe: str, calibration: Dataset | None, c
             f"unknown calibration method {calibration_method!r}; choose one of {', '.join(CALIBRATION_METHODS)}"
         )
     if is_calibrated("onnx", recipe) and calibration is None:
-        raise DataError("ONNX recipe 'int8' needs calibration data; set [data.calibration] source")
+        raise DataError(f"ONNX recipe {recipe!r} needs calibration data; set [data.calibration] source")
     refused = RECIPES["onnx", recipe].keep_float_refused
     if keep_float and refused:
         raise ConfigError(refused)
-    return check_knobs(knobs or {})
+
+
+def _convert(float_model: Path, recipe: str, calibration: Dataset | None, batch_size: int | None,
+             per_channel: bool, calibration_method: str, keep_float: list[str], knobs: dict[str, Any]) -> Any:
+    """The converted model in memory; a converter failure is a StageError quoting its first line."""
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="quantize-onnx.") as work:
+        try:
+            if recipe == "fp16":
+                return _to_fp16(onnx.load(str(float_model)))
+            return _quantize(float_model, Path(work), recipe, calibration, batch_size, per_channel,
+                             calibration_method, keep_float, knobs)
+        except (ConfigError, DataError):
+            raise
+        except Exception as e:
+            text = str(e).strip()
+            raise StageError(
+                f"ONNX {recipe} quantization of {float_model.name} failed: "
+                f"{text.splitlines()[0][:400] if text else type(e).__name__}"
+            ) from e
 
 
 def nchw_inputs(model: Any) -> list[str]:
