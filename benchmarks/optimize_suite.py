@@ -85,7 +85,7 @@ def compared_files(document: dict[str, Any], folder: Path, theirs: dict[tuple, P
 
 
 def ratios(rows: list[dict[str, Any]], document: dict[str, Any], threads: int) -> list[dict[str, Any]]:
-    by_role = {(r["recipe"], r["producer"]): r for r in rows if r["threads"] == threads}
+    by_role = {(r["format"], r["recipe"], r["producer"]): r for r in rows if r["threads"] == threads}
     found = []
 
     def add(label: str, ours: tuple, theirs: tuple) -> None:
@@ -95,15 +95,15 @@ def ratios(rows: list[dict[str, Any]], document: dict[str, Any], threads: int) -
             found.append({"comparison": label, "threads": threads, "ours": a["file"], "theirs": b["file"],
                           "ratio": a["p50_ms"] / b["p50_ms"], "noise": noise})
 
-    recommended = next((k for k in by_role if k[0] == "recommended"), None)
-    fastest = next((k for k in by_role if k[0] == "fastest-int8-class"), None)
+    recommended = next((k for k in by_role if k[1] == "recommended"), None)
+    fastest = next((k for k in by_role if k[1] == "fastest-int8-class"), None)
     if recommended:
-        add("recommended vs keras.export fp32 (tflite)", recommended, ("fp32", "keras.export"))
-        add("recommended vs TFLiteConverter int8", recommended, ("int8", "TFLiteConverter"))
+        add("recommended vs keras.export fp32 (tflite)", recommended, ("tflite", "fp32", "keras.export"))
+        add("recommended vs TFLiteConverter int8", recommended, ("tflite", "int8", "TFLiteConverter"))
     if fastest:
         for plain in ("tflite-int8", "onnx-int8"):
-            if fastest[1].split("-")[0] == plain.split("-")[0]:
-                add(f"fastest int8-class vs plain {plain}", fastest, ("plain-int8", plain))
+            if fastest[2].split("-")[0] == plain.split("-")[0]:
+                add(f"fastest int8-class vs plain {plain}", fastest, ("any", "plain-int8", plain))
     return found
 
 

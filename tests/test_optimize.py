@@ -67,7 +67,7 @@ def test_search_records_every_candidate_and_recommends_the_fastest_passing(searc
     assert "quantization" in chosen["note"] or "no int8-class" in chosen["note"]
     for record in candidates.values():
         assert record["verdict"] in ("pass", "rejected-accuracy")
-        assert {"bytes", "sha256", "accuracy", "settings" if False else "recipe"} <= set(record)
+        assert {"bytes", "sha256", "accuracy", "recipe", "knobs", "why_tried"} <= set(record)
         assert record["accuracy"]["samples"] == 200  # 100 calibrate, 200 evaluate (disjoint)
     assert document["candidate_count"] == 6 and document["wall_seconds"] > 0
     assert chosen["candidate"] in local["front"]
@@ -150,6 +150,28 @@ def test_unchanged_rerun_is_cached_and_new_target_remeasures_only(searched, mnv3
     assert all(c["cached"]["build"] for c in document["candidates"])
     timed = [r for r in document["targets"]["other"]["results"].values() if "probe" in r]
     assert timed and not any(r["probe"]["cached"] for r in timed)
+
+
+def test_unmeasured_target_is_ranked_by_size_and_labelled_an_estimate(searched, mnv3_digits, tmp_path):
+    """An emulated Pi's timings are not a device's: passing candidates are ranked by file size, labelled."""
+    import shutil
+
+    from toolchain.config import find_profile
+    from toolchain.optimize.candidates import candidates_for
+    from toolchain.optimize.search import Budget, SearchSettings, load_inputs, search
+
+    folder = tmp_path / "copy"
+    shutil.copytree(searched, folder)
+    inputs = load_inputs(*mnv3_digits)
+    chosen = candidates_for(inputs.model, ["tflite", "onnx"], ["tflite-int8", "onnx-int8-u8s8"])
+    document = search(inputs, chosen, [find_profile("raspberry-pi-4-emulated")], folder, Budget(0.01),
+                      SearchSettings(explain=False))
+    assert all(c["cached"]["build"] for c in document["candidates"])  # nothing rebuilt for a new target
+    found = document["targets"]["raspberry-pi-4-emulated"]
+    passing = sorted((c["bytes"], c["name"]) for c in document["candidates"] if c["verdict"] == "pass")
+    assert found["measured"] is False and found["recommended"]["candidate"] == passing[0][1]
+    assert found["recommended"]["p50_ms"] is None and "ESTIMATE" in found["recommended"]["note"]
+    assert all("p50_ms" not in r and "probe" not in r for r in found["results"].values())
 
 
 def test_explain_names_what_the_runtime_did_not_accelerate(searched):
