@@ -355,3 +355,14 @@ def test_pipeline_optimize_section_and_package_recommended(tmp_path, mnv3_digits
     (profiles / "elsewhere.toml").write_text('name = "elsewhere"\n[connection]\nkind = "local"\n')
     assert main(["package", str(out), "--target", "elsewhere", "--targets-dir", str(profiles), "--recommended"]) == 2
     assert "has no optimize recommendation for target 'elsewhere'" in capsys.readouterr().err
+
+
+def test_pipeline_optimize_without_evaluation_data_is_refused_before_writing(tmp_path, mnv3_digits, capsys):
+    model, data = mnv3_digits
+    config = tmp_path / "pipeline.toml"
+    text = PIPELINE.format(model=model, data=data).replace(f'eval = "{data}"', "")
+    config.write_text(text.replace('source = "eval"', f'source = "{data}"'))
+    out = tmp_path / "run"
+    assert main(["run", str(config), "--out", str(out), "--quiet"]) == 2
+    assert "[optimize] needs evaluation data to judge accuracy against the Keras model" in capsys.readouterr().err
+    assert not (out / "manifest.json").exists() and not (out / "optimize").exists()

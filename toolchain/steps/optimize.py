@@ -23,20 +23,25 @@ class OptimizeStage(Stage):
     def label(self, run: RunState) -> str:
         return f"on {', '.join(run.config.bench.targets)}"
 
+    def prepare(self, run: RunState) -> None:
+        """Without evaluation data there is no accuracy to budget: refuse before anything is written."""
+        from ..errors import DataError
+
+        if run.data is None or run.run_data.calibration is None:
+            raise DataError("[optimize] needs evaluation data to judge accuracy against the Keras model: set "
+                            "[data] eval = \"EVAL.npz\" (with labels for an accuracy budget) and "
+                            "[data.calibration] source")
+
     def units(self, run: RunState) -> list[Unit]:
         return [Unit(self.label(run), what="the optimize search")]
 
     def run_unit(self, run: RunState, unit: Unit) -> dict[str, Any]:
-        from ..errors import DataError
         from ..keras_io import run_keras
         from ..optimize.candidates import candidates_for
         from ..optimize.search import Budget, SearchInputs, SearchSettings, search
 
         section = run.config.optimize
         calibration, evaluation = run.run_data.calibration, run.data
-        if calibration is None or evaluation is None:
-            raise DataError("[optimize] needs evaluation data ([data] eval) to judge accuracy against the Keras model; "
-                            "set [data] eval = \"EVAL.npz\" (with labels for an accuracy budget)")
         inputs = SearchInputs(run.model, run.source_key, calibration, evaluation,
                               run_keras(run.model, evaluation.inputs), run.config.model_name)
         settings = SearchSettings(threads=section.threads, time_budget_s=section.time_budget_s,
