@@ -174,7 +174,7 @@ def test_unmeasured_target_is_ranked_by_size_and_labelled_an_estimate(searched, 
     assert all("p50_ms" not in r and "probe" not in r for r in found["results"].values())
 
 
-def test_explain_names_what_the_runtime_did_not_accelerate(searched):
+def test_explain_names_what_the_runtime_did_not_accelerate(searched, mnv3_digits, capsys):
     """Each measured candidate says why it is slow: XNNPACK partitions / ORT time per op type."""
     candidates = _by_name(_doc(searched))
     tflite = candidates["tflite-int8"]["explain"]
@@ -186,6 +186,15 @@ def test_explain_names_what_the_runtime_did_not_accelerate(searched):
     onnx = candidates["onnx-int8"]["explain"]
     assert "DequantizeLinear" in onnx["onnxruntime"]["ms_per_op_type"]
     assert onnx["reason"].startswith("onnxruntime time by op type")
+    # and the table says it beside each candidate that lost on speed (a cached re-run: nothing measured)
+    model, data = mnv3_digits
+    capsys.readouterr()
+    assert _run(str(model), "--data", str(data), "--out", str(searched), "--candidates",
+                "tflite-int8,tflite-int8-hswish-as-mul,onnx-int8,onnx-int8-u8s8", "--min-seconds", "0.05") == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    local = _doc(searched)["targets"]["local"]["results"]
+    if local["tflite-int8"]["verdict"] == "rejected":
+        assert "HARD_SWISH×3" in printed
 
 
 def test_hard_swish_as_mul_is_not_refused_and_xnnpack_takes_it_in_int8(tmp_path):

@@ -679,6 +679,13 @@ def optimize_command(
                           "relax --max-accuracy-drop / --max-size-mb, or raise --time-budget")
 
 
+def _why_slow(result: dict[str, Any], record: dict[str, Any]) -> str:
+    """The verdict's reason, and for a candidate that lost on speed what the runtime did not accelerate."""
+    why = result.get("why", record.get("why", ""))
+    lost = why.startswith(("pruned", "slower than"))
+    return f"{why}; {record['explain']['reason']}" if lost and "explain" in record else why
+
+
 def _print_optimize(document: dict[str, Any]) -> None:
     for name, found in document["targets"].items():
         table = Table(title=f"optimize on {name}" + ("" if found["measured"] else " (ESTIMATE: not measured)"))
@@ -692,7 +699,7 @@ def _print_optimize(document: dict[str, Any]) -> None:
             table.add_row(record["name"], f"{record['bytes'] / 1e6:.3f}" if "bytes" in record else "-",
                           f"{score:.4f}" if score is not None else "-",
                           f"{p50:.3f}" + (" (probe)" if "p50_ms" not in result else "") if p50 is not None else "-",
-                          result.get("verdict", record["verdict"]), result.get("why", record.get("why", "")))
+                          result.get("verdict", record["verdict"]), _why_slow(result, record))
         out.print(table)
         chosen = found["recommended"]
         if chosen:
