@@ -64,7 +64,7 @@ def test_a_toy_stage_runs_in_the_loop_with_cache_and_only(toy_stage, small_cnn_f
     run_pipeline(config, raw, quiet=True, only="toy", force=True)
     assert ToyStage.calls == ["cnn.fp32.tflite"] * 2  # --force re-runs the stage --only names
     with pytest.raises(InputError, match=r"--only 'tyo' is not a stage \(did you mean 'toy'\?\); "
-                                         r"choose one of export, toy, verify, bench, report"):
+                                         r"choose one of export, toy, verify, bench, optimize, report"):
         run_pipeline(config, raw, quiet=True, only="tyo")
 
 

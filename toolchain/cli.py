@@ -61,7 +61,7 @@ def run(
     ] = False,
     only: Annotated[
         str | None, typer.Option("--only", metavar="STAGE", help=(
-            "Run only this stage (export, verify, bench or report); earlier stages come from the "
+            "Run only this stage (export, verify, bench, optimize or report); earlier stages come from the "
             "cache, later ones are skipped."))
     ] = None,
     log_json: Annotated[
@@ -118,12 +118,16 @@ def package(
         Path | None, typer.Option("--class-names", help="Text file, one class name per line in label order, "
                                                          "written into the bundle for device scripts.")
     ] = None,
+    recommended: Annotated[
+        bool, typer.Option("--recommended", help="Ship the artifact the run's [optimize] search recommends "
+                                                 "for the target.")
+    ] = False,
 ) -> None:
     """Write a reproducible release bundle RUN_DIR/packages/<model>-<version>-<target>.tar.gz."""
     from .package import package_run
 
     result = package_run(run_dir, target, artifact or None, version, [targets_dir] if targets_dir else None,
-                         class_names)
+                         class_names, recommended)
     out.print(f"chose: {result.reason}", highlight=False)
     out.print(f"bundle: {result.path}\nsha256: {result.sha256}", highlight=False)
 
@@ -737,6 +741,86 @@ def sweep_command(
                       f"{p['accuracy']:.4f}", "★" if p["pareto"] else "")
     out.print(table)
     out.print(f"sweep: {out_dir / 'sweep.json'}, {out_dir / 'sweep.md'}, {out_dir / 'sweep.png'}", highlight=False)
+
+
+@app.command("optimize")
+def optimize_command(
+    model: Annotated[Path, typer.Argument(help="Keras model (.keras or .h5).")],
+    data: Annotated[Path, typer.Option("--data", metavar="DATA.npz", help=(
+        "Data keyed by input name, labels under 'y' (else top-1 agreement with Keras is the metric). "
+        "The first third (at most 100 samples) calibrates, the rest evaluates."))],
+    target: Annotated[list[str] | None, typer.Option("--target", "-t", help="Target profile; repeatable "
+                                                     "(default: local).")] = None,
+    max_accuracy_drop: Annotated[float, typer.Option("--max-accuracy-drop", help="Accuracy budget vs the Keras "
+                                                     "model (0.01 = 1 pt).")] = 0.01,
+    max_size_mb: Annotated[float | None, typer.Option("--max-size-mb", help="Largest artifact allowed.")] = None,
+    formats: Annotated[str, typer.Option("--formats", help="Formats to search, e.g. tflite,onnx.")] = "tflite,onnx",
+    candidates: Annotated[str | None, typer.Option("--candidates", help="Only these candidates (comma-separated "
+                                                   "names; the fp32 baselines always run).")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for optimize.json and the candidates.")
+                       ] = Path("optimize"),
+    time_budget: Annotated[float | None, typer.Option("--time-budget", help="Seconds; no new candidate starts "
+                                                      "after this.")] = None,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Benchmark threads.")] = 1,
+    min_seconds: Annotated[float | None, typer.Option("--min-seconds", min=0, help="Timed seconds per full "
+                                                      "benchmark (default: the profile's).")] = None,
+    targets_dir: TargetsDirOption = None,
+    no_explain: Annotated[bool, typer.Option("--no-explain", help="Skip profiling why each candidate is slow.")
+                          ] = False,
+    trust_model: Annotated[
+        bool, typer.Option("--trust-model", help="Allow Lambda and custom layers (runs code from the model).")
+    ] = False,
+) -> None:
+    """Find the fastest artifact that meets an accuracy budget on each target, by measuring there."""
+    from .config import find_profile
+    from .optimize.search import Budget, SearchSettings, optimize_file
+
+    profiles = [find_profile(name, targets_dir) for name in (target or ["local"])]
+    settings = SearchSettings(threads=threads, time_budget_s=time_budget, explain=not no_explain,
+                              bench={"min_seconds": min_seconds} if min_seconds is not None else {})
+    document = optimize_file(
+        model, data, profiles, out_dir, Budget(max_accuracy_drop, max_size_mb), settings,
+        formats=[f.strip() for f in formats.split(",") if f.strip()],
+        only=[c.strip() for c in candidates.split(",") if c.strip()] if candidates else None,
+        trust=trust_model, progress=lambda message: err.print(f"[dim]{message}[/]", highlight=False))
+    _print_optimize(document)
+    out.print(f"optimize: {out_dir / 'optimize.json'}", highlight=False)
+    empty = [name for name, chosen in document["recommended"].items() if chosen is None]
+    if empty:
+        from .errors import BudgetError
+
+        raise BudgetError(f"no candidate meets the budgets on {', '.join(empty)} (see {out_dir / 'optimize.json'}); "
+                          "relax --max-accuracy-drop / --max-size-mb, or raise --time-budget")
+
+
+def _why_slow(result: dict[str, Any], record: dict[str, Any]) -> str:
+    """The verdict's reason, and for a candidate that lost on speed what the runtime did not accelerate."""
+    why = result.get("why", record.get("why", ""))
+    lost = why.startswith(("pruned", "slower than"))
+    return f"{why}; {record['explain']['reason']}" if lost and "explain" in record else why
+
+
+def _print_optimize(document: dict[str, Any]) -> None:
+    for name, found in document["targets"].items():
+        table = Table(title=f"optimize on {name}" + ("" if found["measured"] else " (ESTIMATE: not measured)"))
+        for column in ("candidate", "MB", "accuracy", "p50 ms", "verdict", "why"):
+            table.add_column(column, no_wrap=column == "candidate")
+        for record in document["candidates"]:
+            result = found["results"].get(record["name"], {})
+            accuracy = record.get("accuracy", {})
+            score = accuracy.get("accuracy", accuracy.get("top1_agreement"))
+            p50 = result.get("p50_ms", (result.get("probe") or {}).get("p50_ms"))
+            table.add_row(record["name"], f"{record['bytes'] / 1e6:.3f}" if "bytes" in record else "-",
+                          f"{score:.4f}" if score is not None else "-",
+                          f"{p50:.3f}" + (" (probe)" if "p50_ms" not in result else "") if p50 is not None else "-",
+                          result.get("verdict", record["verdict"]), _why_slow(result, record))
+        out.print(table)
+        chosen = found["recommended"]
+        if chosen:
+            out.print(f"recommended on {name}: {chosen['candidate']} ({chosen['path']}); {chosen['note']}",
+                      highlight=False)
+        else:
+            out.print(f"[red]no candidate meets the budgets on {name}[/]", highlight=False)
 
 
 SUMMARY_KINDS = {"artifact": "name", "format": "name", "recipe": "name", "verify": "name", "quality": "text",

@@ -212,6 +212,21 @@ class PackageSection(Section):
     source_date_epoch: int | None = Field(default=None, ge=0)  # SOURCE_DATE_EPOCH wins if set
 
 
+class OptimizeSection(Section):
+    """[optimize]: search the fastest artifact within an accuracy budget on each [bench] target."""
+
+    enabled: bool = True
+    max_accuracy_drop: float = Field(default=0.01, ge=0, le=1)  # 0.01 = 1 pt vs the Keras model
+    max_size_mb: float | None = Field(default=None, gt=0)
+    formats: list[Literal["tflite", "onnx"]] = Field(default_factory=lambda: ["tflite", "onnx"], min_length=1)
+    candidates: list[str] | None = None  # only these (the fp32 baselines always run)
+    time_budget_s: float | None = Field(default=None, gt=0)
+    threads: int = Field(default=1, ge=1)
+    min_seconds: float | None = Field(default=None, ge=0)  # full benchmark; default: the profile's
+    probe_margin: float = Field(default=1.5, gt=1)
+    explain: bool = True
+
+
 class OutputSection(Section):
     dir: PathValue = Path("run")
 
@@ -255,6 +270,7 @@ class PipelineConfig(Section):
     package: PackageSection = Field(default_factory=PackageSection)
     output: OutputSection = Field(default_factory=OutputSection)
     truncate: TruncateSection | None = None
+    optimize: OptimizeSection | None = None
 
     @property
     def model_name(self) -> str:

@@ -460,7 +460,9 @@ def package_run(
     version: str | None = None,
     profile_dirs: list[Path] | None = None,
     class_names_file: Path | None = None,
+    recommended: bool = False,
 ) -> PackageResult:
+    """`recommended`: ship the artifact the run's [optimize] search recommends for `target`."""
     run_dir = Path(run_dir)
     docs = load_run(run_dir)
     manifest = docs.manifest
@@ -469,7 +471,13 @@ def package_run(
     if not BUNDLE_NAME.fullmatch(version):
         raise InputError(f"--version {version!r}: use letters, digits and . _ + - (e.g. 1.2.0)")
     profile = find_profile(target, profile_dirs)
+    if recommended:
+        artifacts = [recommended_artifact(manifest, profile, artifacts, run_dir)]
     chosen, selection, verdicts = select_artifacts(manifest, profile, artifacts)
+    if recommended:
+        note = chosen[0]["optimize"]["notes"].get(profile.name, "")
+        selection = {**selection, "reason": f"{chosen[0]['name']}: recommended for {profile.name} by the optimize "
+                                            f"search (fastest within its accuracy budget; {note})"}
     name = _bundle_name(manifest, version, profile)
     files: dict[str, bytes | Path] = {}
     digests: dict[str, str] = {}
@@ -499,6 +507,18 @@ def package_run(
         tmp.chmod(0o644)
     update_packages_sums(folder)
     return PackageResult(bundle, sha256_file(bundle), [a["name"] for a in chosen], selection["reason"])
+
+
+def recommended_artifact(manifest: dict[str, Any], profile: TargetProfile, requested: list[str] | None,
+                         run_dir: Path) -> str:
+    """The name of the artifact the [optimize] search recommends for this target."""
+    if requested:
+        raise InputError("--recommended and --artifact both choose the artifact; give one of them")
+    for artifact in manifest["artifacts"]:
+        if profile.name in (artifact.get("optimize") or {}).get("recommended_on", []):
+            return artifact["name"]
+    raise InputError(f"{run_dir / 'manifest.json'} has no optimize recommendation for target '{profile.name}': add an "
+                     f"[optimize] section and '{profile.name}' to [bench] targets, and run the pipeline again")
 
 
 def _bundle_name(manifest: dict[str, Any], version: str, profile: TargetProfile) -> str:

@@ -32,17 +32,22 @@ def quantize_onnx(
     calibration_method: str = "minmax",
     keep_float: list[str] | None = None,
     metadata: dict[str, str] | None = None,
+    knobs: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the `recipe` version of the fp32 ONNX file `float_model` to `filepath`."""
+    """Write the `recipe` version of the fp32 ONNX file `float_model` to `filepath`.
+
+    `knobs` (see QUANT_KNOBS) are the optimizer's extra quantizer settings; None keeps the defaults.
+    """
     filepath = Path(filepath)
     _check_arguments(filepath, recipe, calibration, calibration_method, keep_float)
+    knobs = check_knobs(knobs or {})
     import onnx
 
     source = onnx.load(str(float_model), load_external_data=False)
     if calibration is not None:
         calibration = channels_first(calibration, nchw_inputs(source))
     model = _convert(Path(float_model), recipe, calibration, batch_size, per_channel, calibration_method,
-                     keep_float or [])
+                     keep_float or [], knobs)
     inherited = {p.key: p.value for p in source.metadata_props if p.key != "onnx.quant.pre_process"}
     _set_metadata(model, {**inherited, **(metadata or {}), "recipe": recipe})
     try:
@@ -75,7 +80,7 @@ def _check_arguments(filepath: Path, recipe: str, calibration: Dataset | None, c
 
 
 def _convert(float_model: Path, recipe: str, calibration: Dataset | None, batch_size: int | None,
-             per_channel: bool, calibration_method: str, keep_float: list[str]) -> Any:
+             per_channel: bool, calibration_method: str, keep_float: list[str], knobs: dict[str, Any]) -> Any:
     """The converted model in memory; a converter failure is a StageError quoting its first line."""
     import onnx
 
@@ -84,7 +89,7 @@ def _convert(float_model: Path, recipe: str, calibration: Dataset | None, batch_
             if recipe == "fp16":
                 return _to_fp16(onnx.load(str(float_model)))
             return _quantize(float_model, Path(work), recipe, calibration, batch_size, per_channel,
-                             calibration_method, keep_float)
+                             calibration_method, keep_float, knobs)
         except (ConfigError, DataError):
             raise
         except Exception as e:
@@ -125,8 +130,35 @@ def _to_fp16(model: Any) -> Any:
     return converted.model
 
 
+# The optimizer's quantizer settings, with the value that keeps today's behaviour.
+QUANT_KNOBS: dict[str, Any] = {
+    "activation_type": "int8",  # int8 (S8S8) or uint8 (U8S8 / U8U8)
+    "weight_type": "int8",
+    "reduce_range": False,  # 7-bit weights: avoids VPMADDUBSW saturation on CPUs without VNNI
+    "op_types": None,  # quantize only these op types (e.g. Conv, MatMul, Gemm, Add); None: all
+    "quant_format": "qdq",  # qdq or qoperator (QLinearConv, ...)
+    "pre_process": True,  # quant_pre_process before quantizing
+}
+QUANT_TYPES = ("int8", "uint8")
+
+
+def check_knobs(knobs: dict[str, Any]) -> dict[str, Any]:
+    """The knobs with defaults filled in; an unknown key or value is a one-line error."""
+    unknown = sorted(set(knobs) - set(QUANT_KNOBS))
+    if unknown:
+        raise ConfigError(f"unknown ONNX quantization setting {unknown[0]!r}; known: {', '.join(QUANT_KNOBS)}")
+    merged = {**QUANT_KNOBS, **knobs}
+    for key in ("activation_type", "weight_type"):
+        if merged[key] not in QUANT_TYPES:
+            raise ConfigError(f"ONNX {key} must be one of {', '.join(QUANT_TYPES)}, got {merged[key]!r}")
+    if merged["quant_format"] not in ("qdq", "qoperator"):
+        raise ConfigError(f"ONNX quant_format must be qdq or qoperator, got {merged['quant_format']!r}")
+    return merged
+
+
 def _quantize(float_model: Path, work_dir: Path, recipe: str, calibration: Dataset | None,
-              batch_size: int | None, per_channel: bool, method: str, keep_float: list[str]) -> Any:
+              batch_size: int | None, per_channel: bool, method: str, keep_float: list[str],
+              knobs: dict[str, Any]) -> Any:
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -139,12 +171,17 @@ def _quantize(float_model: Path, work_dir: Path, recipe: str, calibration: Datas
     )
 
     prepared = work_dir / "prepared.onnx"
-    quant_pre_process(str(float_model), str(prepared))
+    if knobs["pre_process"]:
+        quant_pre_process(str(float_model), str(prepared))
+    else:
+        prepared = float_model
     excluded = nodes_to_exclude(onnx.load(str(prepared)), keep_float)
     output = work_dir / f"{recipe}.onnx"
+    types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
     if recipe == "dynamic":
-        quantize_dynamic(str(prepared), str(output), weight_type=QuantType.QInt8,
-                         per_channel=per_channel, nodes_to_exclude=excluded)
+        quantize_dynamic(str(prepared), str(output), weight_type=types[knobs["weight_type"]],
+                         per_channel=per_channel, nodes_to_exclude=excluded, reduce_range=knobs["reduce_range"],
+                         op_types_to_quantize=knobs["op_types"])
     else:
         reader = CalibrationReader(calibration, batch_size or 1)
 
@@ -159,10 +196,12 @@ def _quantize(float_model: Path, work_dir: Path, recipe: str, calibration: Datas
                    "percentile": CalibrationMethod.Percentile}
         quantize_static(
             str(prepared), str(output), Reader(),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
+            quant_format=QuantFormat.QDQ if knobs["quant_format"] == "qdq" else QuantFormat.QOperator,
+            activation_type=types[knobs["activation_type"]],
+            weight_type=types[knobs["weight_type"]],
             per_channel=per_channel,
+            reduce_range=knobs["reduce_range"],
+            op_types_to_quantize=knobs["op_types"],
             calibrate_method=methods[method],
             nodes_to_exclude=excluded,
             # symmetric int8 weights (zero point 0) as int8 kernels expect; activations

@@ -349,7 +349,9 @@ def _html_estimates(est: dict[str, Any] | None) -> list[str]:
 def write_reports(docs: RunDocuments) -> tuple[Path, Path]:
     """report/report.md, report/report.html and report/plots/*.png from the run's documents."""
     folder = docs.run_dir / "report"
-    plots = make_plots(docs)
+    from ..optimize.report import optimize_plots
+
+    plots = {**make_plots(docs), **optimize_plots(docs.run_dir, docs.manifest)}
     for key, (_, png) in plots.items():
         atomic_write_bytes(folder / "plots" / f"{key}.png", png)
     md = write_report(docs.run_dir, docs.manifest, docs.bench, docs.budgets, docs.estimates,

@@ -10,6 +10,7 @@ from .base import ArtifactPlan, Done, RunState, Stage, Unit
 from .bench import BenchStage
 from .compat import CompatStage
 from .export import ExportStage
+from .optimize import OptimizeStage
 from .summary import BudgetsStage, EstimateStage, ReportStage
 from .truncate import DataStage, TruncateStage
 from .verify import VerifyStage
@@ -21,6 +22,7 @@ STAGES: list[Stage] = [
     VerifyStage(),
     CompatStage(),
     BenchStage(),
+    OptimizeStage(),
     BudgetsStage(),
     EstimateStage(),
     ReportStage(),

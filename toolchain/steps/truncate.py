@@ -52,6 +52,7 @@ class DataStage(Stage):
         config = run.config
         needs = any(is_calibrated(fmt, recipe) for fmt in config.export.formats
                     for recipe in getattr(config.export, fmt).recipes)
+        needs = needs or bool(config.optimize and config.optimize.enabled)  # the search calibrates int8
         sources = [s for s in (config.data.eval, config.data.calibration.source) if s]
         if not sources and not needs:
             run.run_data = RunData(None, None, {"calibration": None, "evaluation": None, "split": None})

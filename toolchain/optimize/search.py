@@ -1,0 +1,406 @@
+"""The search: build each candidate, verify it against the Keras model, benchmark it on each target.
+
+Order and pruning (deterministic; only the timings vary):
+1. every candidate is built and verified once (target-independent), fp32 baselines first;
+   one that fails the accuracy budget or the size limit is never benchmarked;
+2. per measured target (local, SSH), each passing candidate gets a short probe run; a probe
+   already `probe_margin` times slower than the best full measurement so far stops there;
+   the others get the full benchmark;
+3. the recommendation is the fastest full measurement; a candidate slower than its format's
+   fp32 on that target is rejected, so the recommendation never is.
+Unmeasured targets (emulated) are ranked by correctness and file size, labelled as an estimate.
+Builds, verdicts, benchmarks and explanations are cached in OUT/.cache/ by the content hash of
+their inputs: an unchanged re-run is instant, a new target re-measures only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..cache import StageCache, file_digest
+from ..compare import Tolerance, tolerance_for
+from ..config import TargetProfile
+from ..data import Dataset
+from ..errors import ConfigError, StageError, TargetError
+from .candidates import Candidate, build_candidate
+
+OPTIMIZE_SCHEMA_VERSION = "1.0"
+MEASURED_KINDS = ("local", "ssh")
+PROBE_SETTINGS = {"warmup_runs": 2, "warmup_seconds": 0.0, "min_runs": 5, "min_seconds": 0.0, "max_seconds": 2.0}
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_accuracy_drop: float = 0.01  # vs the Keras model on labelled data (0.01 = 1 pt); else 1 - top-1 agreement
+    max_size_mb: float | None = None
+
+    def check(self) -> None:
+        if not 0 <= self.max_accuracy_drop <= 1:
+            raise ConfigError(f"--max-accuracy-drop must be in [0, 1] (0.01 = 1 pt), got {self.max_accuracy_drop}")
+        if self.max_size_mb is not None and self.max_size_mb <= 0:
+            raise ConfigError(f"--max-size-mb must be positive, got {self.max_size_mb}")
+
+    def tolerance(self, fmt: str, recipe: str, labelled: bool) -> Tolerance:
+        """The recipe's own sanity limits (cosine, agreement: a broken layer fails them even when
+        accuracy on the data happens to hold), with the user's budget as the accuracy drop, or,
+        without labels, as the top-1 disagreement allowed."""
+        tolerance = tolerance_for(recipe, fmt=fmt)
+        if labelled:
+            tolerance.max_accuracy_drop = self.max_accuracy_drop
+        else:
+            tolerance.max_accuracy_drop = None
+            tolerance.min_top1_agreement = max(tolerance.min_top1_agreement or 0.0, 1 - self.max_accuracy_drop)
+        return tolerance
+
+
+@dataclass
+class SearchSettings:
+    threads: int = 1
+    time_budget_s: float | None = None  # stop trying new candidates after this long
+    bench: dict[str, Any] = field(default_factory=dict)  # overrides of the full benchmark (min_seconds...)
+    probe_margin: float = 1.5  # a probe this many times slower than the best so far cannot win
+    explain: bool = True  # profile each fully measured candidate (XNNPACK partitions, ORT per-op time)
+
+
+@dataclass
+class SearchInputs:
+    """What every candidate shares: the model, its file's hash, the data split, the Keras outputs."""
+
+    model: Any
+    model_sha256: str
+    calibration: Dataset
+    evaluation: Dataset
+    reference: dict[str, Any]
+    model_name: str
+
+
+class Clock:
+    """The --time-budget: how long the search has run, and whether it may start more work."""
+
+    def __init__(self, budget_s: float | None):
+        self.start = time.monotonic()
+        self.budget_s = budget_s
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def spent(self) -> bool:
+        return self.budget_s is not None and self.elapsed >= self.budget_s
+
+
+def search(inputs: SearchInputs, candidates: list[Candidate], profiles: list[TargetProfile], out_dir: Path,
+           budget: Budget, settings: SearchSettings,
+           progress: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
+    """The optimize.json document (also written to OUT/optimize.json)."""
+    from ..fileio import atomic_write_json
+
+    budget.check()
+    clock = Clock(settings.time_budget_s)
+    cache = StageCache(out_dir)
+    records = [_build_and_verify(inputs, c, out_dir, cache, budget, clock, progress) for c in candidates]
+    per_target = {}
+    for profile in profiles:
+        per_target[profile.name] = _search_target(records, profile, out_dir, cache, settings, clock, progress)
+    if settings.explain:
+        _explain_measured(records, per_target, out_dir, cache, progress)
+    document = {
+        "schema_version": OPTIMIZE_SCHEMA_VERSION,
+        "model": {"name": inputs.model_name, "sha256": inputs.model_sha256},
+        "data": {"calibration_samples": len(inputs.calibration), "evaluation_samples": len(inputs.evaluation),
+                 "labelled": inputs.evaluation.labels is not None, "source": inputs.evaluation.source},
+        "budget": {"max_accuracy_drop": budget.max_accuracy_drop, "max_size_mb": budget.max_size_mb,
+                   "metric": "accuracy drop vs Keras" if inputs.evaluation.labels is not None
+                   else "1 - top-1 agreement with Keras"},
+        "settings": {"threads": settings.threads, "time_budget_s": settings.time_budget_s,
+                     "probe_margin": settings.probe_margin, "bench": settings.bench},
+        "candidates": records,
+        "targets": per_target,
+        "recommended": {name: t["recommended"] for name, t in per_target.items()},
+        "candidate_count": len(records),
+        "wall_seconds": round(clock.elapsed, 3),
+    }
+    atomic_write_json(out_dir / "optimize.json", document)
+    return document
+
+
+# ---- build and verify (once per candidate) -----------------------------------------------
+
+def _build_and_verify(inputs: SearchInputs, candidate: Candidate, out_dir: Path, cache: StageCache,
+                      budget: Budget, clock: Clock, progress: Callable[[str], None]) -> dict[str, Any]:
+    suffix = ".tflite" if candidate.format == "tflite" else ".onnx"
+    path = out_dir / "candidates" / f"{inputs.model_name}.{candidate.name}{suffix}"
+    record: dict[str, Any] = {"name": candidate.name, **candidate.settings(), "why_tried": candidate.why,
+                              "path": str(path.relative_to(out_dir)), "int8_class": candidate.int8_class}
+    key = cache.key("optimize-build", model=inputs.model_sha256, candidate=candidate.settings(),
+                    calibration=_digest(inputs.calibration), evaluation=_digest(inputs.evaluation),
+                    budget=[budget.max_accuracy_drop, budget.max_size_mb])
+    hit = cache.get("optimize", key)
+    if hit is not None:
+        progress(f"{candidate.name}: cached")
+        return {**record, **hit.result, "cached": {"build": True}}
+    if clock.spent():
+        return {**record, "verdict": "not-tried", "why": f"--time-budget of {clock.budget_s:g} s spent"}
+    progress(f"{candidate.name}: building and verifying")
+    result = _build_result(inputs, candidate, path, budget)
+    if result["verdict"] != "build-failed":
+        cache.put("optimize", key, [path], result)
+    return {**record, **result, "cached": {"build": False}}
+
+
+def _build_result(inputs: SearchInputs, candidate: Candidate, path: Path, budget: Budget) -> dict[str, Any]:
+    from ..fileio import sha256_file
+    from ..stages.verify import verify_artifact
+
+    float_onnx = path.parent / f".{inputs.model_name}.float.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        build_candidate(inputs.model, candidate, path, inputs.calibration, float_onnx)
+    except (StageError, ConfigError) as e:
+        return {"verdict": "build-failed", "why": str(e)}
+    tolerance = budget.tolerance(candidate.format, candidate.recipe, inputs.evaluation.labels is not None)
+    checked = verify_artifact(path, inputs.reference, inputs.evaluation, tolerance)
+    result = {"bytes": path.stat().st_size, "sha256": sha256_file(path), "accuracy": _accuracy(checked)}
+    size_mb = result["bytes"] / 1e6
+    if checked["verdict"] != "pass":
+        return {**result, "verdict": "rejected-accuracy", "why": "; ".join(checked["failures"]),
+                "tolerance": tolerance.as_dict()}
+    if budget.max_size_mb is not None and size_mb > budget.max_size_mb:
+        return {**result, "verdict": "rejected-size",
+                "why": f"{size_mb:.3f} MB is over --max-size-mb {budget.max_size_mb:g}"}
+    return {**result, "verdict": "pass", "why": "meets the accuracy budget", "tolerance": tolerance.as_dict()}
+
+
+def _accuracy(checked: dict[str, Any]) -> dict[str, Any]:
+    """The first output's metrics that the budget reads."""
+    first = next(iter(checked.get("outputs", {}).values()), {})
+    keys = ("samples", "accuracy", "accuracy_reference", "accuracy_delta", "top1_agreement", "cosine_mean",
+            "cosine_min")
+    return {k: first[k] for k in keys if k in first}
+
+
+def _digest(dataset: Dataset) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(dataset.inputs):
+        digest.update(name.encode())
+        digest.update(dataset.inputs[name].tobytes())
+    if dataset.labels is not None:
+        digest.update(dataset.labels.tobytes())
+    return digest.hexdigest()
+
+
+# ---- per target ---------------------------------------------------------------------------
+
+def _search_target(records: list[dict[str, Any]], profile: TargetProfile, out_dir: Path, cache: StageCache,
+                   settings: SearchSettings, clock: Clock, progress: Callable[[str], None]) -> dict[str, Any]:
+    passing = [r for r in records if r["verdict"] == "pass"]
+    if profile.connection.kind not in MEASURED_KINDS:
+        return _rank_unmeasured(records, passing, profile)
+    results: dict[str, dict[str, Any]] = {}
+    for record in records:
+        if record["verdict"] != "pass":
+            results[record["name"]] = {"verdict": "rejected", "why": record["why"]}
+            continue
+        if clock.spent():
+            results[record["name"]] = {"verdict": "not-tried", "why": f"--time-budget of {clock.budget_s:g} s spent"}
+            continue
+        best = _best_full(results)
+        results[record["name"]] = _measure(record, profile, out_dir, cache, settings, best, progress)
+    _judge_speed(records, results)
+    return _target_summary(records, results, profile)
+
+
+def _measure(record: dict[str, Any], profile: TargetProfile, out_dir: Path, cache: StageCache,
+             settings: SearchSettings, best: tuple[str, float] | None,
+             progress: Callable[[str], None]) -> dict[str, Any]:
+    """Probe, then (unless the probe cannot win) the full benchmark."""
+    try:
+        probe = _bench(record, profile, out_dir, cache, settings.threads, PROBE_SETTINGS, "probe")
+        if best is not None and probe["p50_ms"] > settings.probe_margin * best[1]:
+            progress(f"{record['name']} on {profile.name}: pruned after the probe")
+            return {"verdict": "rejected", "probe": probe, "pruned": True,
+                    "why": f"pruned: probe p50 {probe['p50_ms']:.3f} ms is over {settings.probe_margin:g}x the best "
+                           f"so far ({best[0]}, {best[1]:.3f} ms)"}
+        full = _bench(record, profile, out_dir, cache, settings.threads, settings.bench, "full")
+    except TargetError as e:
+        return {"verdict": "rejected", "why": f"failed on the target: {e}"}
+    progress(f"{record['name']} on {profile.name}: p50 {full['p50_ms']:.3f} ms")
+    return {"verdict": "measured", "probe": probe, **full}
+
+
+def _bench(record: dict[str, Any], profile: TargetProfile, out_dir: Path, cache: StageCache, threads: int,
+           overrides: dict[str, Any], phase: str) -> dict[str, Any]:
+    from ..stages.bench import run_benchmarks
+
+    key = cache.key("optimize-bench", artifact=record["sha256"], target=profile.model_dump(mode="json"),
+                    threads=threads, settings=overrides, phase=phase)
+    hit = cache.get("optimize", key)
+    if hit is not None:
+        return {**hit.result, "cached": True}
+    answer = run_benchmarks([out_dir / record["path"]], [profile], [threads], overrides=overrides)[0]
+    latency = answer["latency_ms"]
+    result = {"p50_ms": latency["p50"], "p90_ms": latency["p90"], "runs": latency["count"],
+              "backend": answer["environment"].get("backend")}
+    cache.put("optimize", key, [], result)
+    return {**result, "cached": False}
+
+
+def _best_full(results: dict[str, dict[str, Any]]) -> tuple[str, float] | None:
+    measured = [(name, r["p50_ms"]) for name, r in results.items() if r["verdict"] == "measured"]
+    return min(measured, key=lambda item: item[1]) if measured else None
+
+
+def _judge_speed(records: list[dict[str, Any]], results: dict[str, dict[str, Any]]) -> None:
+    """A candidate slower than its format's fp32 on this target is rejected (it is never the answer)."""
+    fp32 = {r["format"]: results[r["name"]] for r in records if r["recipe"] == "fp32"}
+    for record in records:
+        result = results[record["name"]]
+        base = fp32.get(record["format"])
+        if result["verdict"] != "measured" or record["recipe"] == "fp32":
+            continue
+        if base is not None and base["verdict"] == "measured" and result["p50_ms"] > base["p50_ms"]:
+            result["verdict"] = "rejected"
+            result["why"] = (f"slower than {record['format']} fp32 on this target: p50 {result['p50_ms']:.3f} ms vs "
+                             f"{base['p50_ms']:.3f} ms ({result['p50_ms'] / base['p50_ms']:.2f}x)")
+
+
+def _target_summary(records: list[dict[str, Any]], results: dict[str, dict[str, Any]],
+                    profile: TargetProfile) -> dict[str, Any]:
+    best = _best_full(results)
+    for name, result in results.items():
+        if result["verdict"] == "measured":
+            result["verdict"] = "recommended" if best and name == best[0] else "accepted"
+            if result["verdict"] == "accepted":
+                result["why"] = f"meets the budgets; {result['p50_ms'] / best[1]:.2f}x the recommended p50"
+            else:
+                result["why"] = "meets the budgets with the lowest p50"
+    recommended = None
+    if best is not None:
+        record = next(r for r in records if r["name"] == best[0])
+        recommended = {"candidate": best[0], "path": record["path"], "format": record["format"],
+                       "p50_ms": best[1], "measured": True, "note": _quantization_note(records, results, best)}
+    return {"target": profile.name, "connection": profile.connection.kind, "measured": True,
+            "results": results, "recommended": recommended, "front": pareto_front(records, results)}
+
+
+def _quantization_note(records: list[dict[str, Any]], results: dict[str, dict[str, Any]],
+                       best: tuple[str, float]) -> str:
+    """What quantization buys on this target, or by how much it loses (probe figures of pruned ones)."""
+    by_name = {r["name"]: r for r in records}
+    timed = [(n, _p50(r)) for n, r in results.items() if _p50(r) is not None]
+    int8 = [(n, p) for n, p in timed if by_name[n]["int8_class"]]
+    fp32 = [(n, p) for n, p in timed if by_name[n]["recipe"] == "fp32"]
+    if not int8 or not fp32:
+        return "no int8-class candidate reached the target (rejected for accuracy or size, or failed)"
+    fastest_int8 = min(int8, key=lambda item: item[1])
+    fastest_fp32 = min(fp32, key=lambda item: item[1])
+    ratio = fastest_int8[1] / fastest_fp32[1]
+    probe = "" if "p50_ms" in results[fastest_int8[0]] else " (its probe run)"
+    if ratio >= 1:
+        return (f"quantization buys nothing here: the fastest int8-class candidate ({fastest_int8[0]}{probe}) "
+                f"is {ratio:.2f}x the p50 of {fastest_fp32[0]}")
+    return f"quantization pays: {fastest_int8[0]}{probe} runs at {ratio:.2f}x the p50 of {fastest_fp32[0]}"
+
+
+def pareto_front(records: list[dict[str, Any]], results: dict[str, dict[str, Any]]) -> list[str]:
+    """Candidates no other beats on both p50 and accuracy (the latency-accuracy front)."""
+    points = []
+    for record in records:
+        result = results.get(record["name"], {})
+        if result.get("verdict") in ("recommended", "accepted", "measured"):
+            score = record["accuracy"].get("accuracy", record["accuracy"].get("top1_agreement", 0.0))
+            points.append((record["name"], result["p50_ms"], score))
+    return [name for name, p50, score in points
+            if not any(p <= p50 and s >= score and (p < p50 or s > score) for _, p, s in points)]
+
+
+def _rank_unmeasured(records: list[dict[str, Any]], passing: list[dict[str, Any]],
+                     profile: TargetProfile) -> dict[str, Any]:
+    """No timing here (an emulated target's figures are not a device's): the smallest passing file."""
+    results = {r["name"]: {"verdict": "rejected", "why": r["why"]} for r in records if r["verdict"] != "pass"}
+    ordered = sorted(passing, key=lambda r: (r["bytes"], r["name"]))
+    for index, record in enumerate(ordered):
+        results[record["name"]] = {"verdict": "recommended" if index == 0 else "accepted",
+                                   "why": f"ESTIMATE, not measured on {profile.name}: ranked by file size"}
+    recommended = None
+    if ordered:
+        recommended = {"candidate": ordered[0]["name"], "path": ordered[0]["path"], "format": ordered[0]["format"],
+                       "p50_ms": None, "measured": False,
+                       "note": f"ESTIMATE: {profile.name} ({profile.connection.kind}) is not measured; the "
+                               "smallest file that meets the accuracy budget"}
+    return {"target": profile.name, "connection": profile.connection.kind, "measured": False,
+            "results": results, "recommended": recommended, "front": []}
+
+
+# ---- why a measured candidate is slow ------------------------------------------------------
+
+def _explain_measured(records: list[dict[str, Any]], per_target: dict[str, dict[str, Any]], out_dir: Path,
+                      cache: StageCache, progress: Callable[[str], None]) -> None:
+    from .explain import explain_artifact
+
+    for record in records:
+        timings = [_p50(t["results"].get(record["name"], {})) for t in per_target.values()]
+        timings = [p for p in timings if p is not None]
+        if not timings or "sha256" not in record:
+            continue
+        key = cache.key("optimize-explain", artifact=record["sha256"])
+        hit = cache.get("optimize", key)
+        if hit is None:
+            progress(f"{record['name']}: profiling")
+            found = explain_artifact(out_dir / record["path"], min(timings))
+            hit = cache.put("optimize", key, [], found)
+        record["explain"] = hit.result
+
+
+def _p50(result: dict[str, Any]) -> float | None:
+    """The full p50, else the probe's (a pruned candidate is explained too: why it lost)."""
+    return result.get("p50_ms", (result.get("probe") or {}).get("p50_ms"))
+
+
+def load_inputs(model_path: Path, data_path: Path, *, trust: bool = False,
+                calibration_samples: int = 100) -> SearchInputs:
+    """The model and the data split: the first samples calibrate, the rest evaluate (disjoint)."""
+    from ..data import load_npz
+    from ..errors import DataError
+    from ..keras_io import input_signature, load_model, run_keras
+
+    model = load_model(model_path, trust=trust)
+    data = load_npz(data_path, input_signature(model))
+    if len(data) < 4:
+        raise DataError(f"{data_path}: {len(data)} samples; the search needs at least 4 (calibration and "
+                        "evaluation are disjoint)")
+    count = min(calibration_samples, len(data) // 3)
+    import numpy as np
+
+    calibration = data.take(np.arange(count))
+    evaluation = data.take(np.arange(count, len(data)))
+    return SearchInputs(model, file_digest(model_path) or "", calibration, evaluation,
+                        run_keras(model, evaluation.inputs), _safe_name(model.name))
+
+
+def _safe_name(name: str) -> str:
+    import re
+
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "model"
+    return cleaned[:64]
+
+
+def optimize_file(model_path: Path, data_path: Path, profiles: list[TargetProfile], out_dir: Path, budget: Budget,
+                  settings: SearchSettings, *, formats: list[str], only: list[str] | None = None,
+                  trust: bool = False, progress: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
+    """`edge-toolchain optimize`: load, list the candidates, search, write OUT/optimize.json."""
+    from .candidates import candidates_for
+
+    budget.check()
+    if settings.time_budget_s is not None and settings.time_budget_s <= 0:
+        raise ConfigError(f"--time-budget must be positive seconds, got {settings.time_budget_s:g}")
+    inputs = load_inputs(model_path, data_path, trust=trust)
+    candidates = candidates_for(inputs.model, formats, only)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return search(inputs, candidates, profiles, out_dir, budget, settings, progress)
