@@ -12,7 +12,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from . import __version__
 from .errors import ToolchainError
@@ -729,17 +728,15 @@ def sweep_command(
             drops=not no_drops, trust=trust_model, head_progress=head_progress,
             progress=lambda message: err.print(f"[dim]{message}[/]", highlight=False),
         )
-    table = Table(title=f"cut-point sweep ({document['metric']})")
-    for column in ("cut at", "params", "MACs", "p50 ms", document["metric"], "Pareto"):
-        table.add_column(column)
+    columns = (Column("at", "cut at", "name"), Column("params", "params", "number"), Column("macs", "MACs", "number"),
+               Column("p50", "p50 ms", "number"), Column("score", document["metric"], "number"),
+               Column("pareto", "Pareto", "name"))
     chosen = document["recommended"]
-    for p in document["points"]:
-        label = "full model" if p["at"] is None else p["at"]
-        if chosen and chosen["at"] == p["at"]:
-            label += " (recommended)"
-        table.add_row(label, f"{p['params']:,}", f"{p['macs']:,}", f"{p['latency_ms']['p50']:.3f}",
-                      f"{p['accuracy']:.4f}", "★" if p["pareto"] else "")
-    out.print(table)
+    rows = [{"at": ("full model" if p["at"] is None else p["at"])
+             + (" (recommended)" if chosen and chosen["at"] == p["at"] else ""),
+             "params": f"{p['params']:,}", "macs": f"{p['macs']:,}", "p50": f"{p['latency_ms']['p50']:.3f}",
+             "score": f"{p['accuracy']:.4f}", "pareto": "★" if p["pareto"] else ""} for p in document["points"]]
+    print_rows(out, f"cut-point sweep ({document['metric']})", columns, rows)
     out.print(f"sweep: {out_dir / 'sweep.json'}, {out_dir / 'sweep.md'}, {out_dir / 'sweep.png'}", highlight=False)
 
 
@@ -800,21 +797,26 @@ def _why_slow(result: dict[str, Any], record: dict[str, Any]) -> str:
     return f"{why}; {record['explain']['reason']}" if lost and "explain" in record else why
 
 
+OPTIMIZE_COLUMNS = (Column("candidate", "candidate", "name"), Column("mb", "MB", "number"),
+                    Column("accuracy", "accuracy", "number"), Column("p50", "p50 ms", "number"),
+                    Column("verdict", "verdict", "name"), Column("why", "why"))
+
+
+def _optimize_row(record: dict[str, Any], result: dict[str, Any]) -> dict[str, str]:
+    accuracy = record.get("accuracy", {})
+    score = accuracy.get("accuracy", accuracy.get("top1_agreement"))
+    p50 = result.get("p50_ms", (result.get("probe") or {}).get("p50_ms"))
+    return {"candidate": record["name"], "mb": f"{record['bytes'] / 1e6:.3f}" if "bytes" in record else "-",
+            "accuracy": f"{score:.4f}" if score is not None else "-",
+            "p50": (f"{p50:.3f}" + (" (probe)" if "p50_ms" not in result else "")) if p50 is not None else "-",
+            "verdict": result.get("verdict", record["verdict"]), "why": _why_slow(result, record)}
+
+
 def _print_optimize(document: dict[str, Any]) -> None:
     for name, found in document["targets"].items():
-        table = Table(title=f"optimize on {name}" + ("" if found["measured"] else " (ESTIMATE: not measured)"))
-        for column in ("candidate", "MB", "accuracy", "p50 ms", "verdict", "why"):
-            table.add_column(column, no_wrap=column == "candidate")
-        for record in document["candidates"]:
-            result = found["results"].get(record["name"], {})
-            accuracy = record.get("accuracy", {})
-            score = accuracy.get("accuracy", accuracy.get("top1_agreement"))
-            p50 = result.get("p50_ms", (result.get("probe") or {}).get("p50_ms"))
-            table.add_row(record["name"], f"{record['bytes'] / 1e6:.3f}" if "bytes" in record else "-",
-                          f"{score:.4f}" if score is not None else "-",
-                          f"{p50:.3f}" + (" (probe)" if "p50_ms" not in result else "") if p50 is not None else "-",
-                          result.get("verdict", record["verdict"]), _why_slow(result, record))
-        out.print(table)
+        title = f"optimize on {name}" + ("" if found["measured"] else " (ESTIMATE: not measured)")
+        rows = [_optimize_row(record, found["results"].get(record["name"], {})) for record in document["candidates"]]
+        print_rows(out, title, OPTIMIZE_COLUMNS, rows)
         chosen = found["recommended"]
         if chosen:
             out.print(f"recommended on {name}: {chosen['candidate']} ({chosen['path']}); {chosen['note']}",
