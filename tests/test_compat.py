@@ -108,7 +108,7 @@ def test_missing_target_python_is_a_target_error(small_cnn, tmp_path):
 
     path = export_tflite(small_cnn, tmp_path / "m.tflite")
     profile = TargetProfile(name="gone", connection={"python": str(tmp_path / "no-python")})
-    with pytest.raises(TargetError, match="python executable not found"):
+    with pytest.raises(TargetError, match="python executable not usable"):
         check_compat(path, profile, inputs_for(small_cnn), {})
 
 
@@ -185,6 +185,13 @@ def test_runtime_crash_while_loading_is_a_rejection(cnn_artifact, small_cnn, dev
     record = check_compat(cnn_artifact, profile, data, run_artifact(cnn_artifact, data))
     assert record["verdict"] == "fail" and record["loads"] is False
     assert record["reason"].startswith("the runtime crashed (exit -11)")
+    aborting = fake_python(tmp_path, 'request=$(cat)\ncase "$request" in\n'
+                           f'  *probe*) printf "%s" "$request" | exec "{device_python}" "$@" ;;\n'
+                           '  *) echo "Fatal Python error: Aborted" >&2; exit 1 ;;\nesac\n')
+    profile = TargetProfile(name="aborts", connection={"python": str(aborting)})
+    record = check_compat(cnn_artifact, profile, data, run_artifact(cnn_artifact, data))
+    assert record["verdict"] == "fail" and record["reason"].startswith("the runtime crashed (exit 1)")
+    assert "Fatal Python error" in record["reason"]
 
 
 def test_runner_setup_problems_are_target_errors(cnn_artifact, small_cnn, device_python, tmp_path):
@@ -192,15 +199,14 @@ def test_runner_setup_problems_are_target_errors(cnn_artifact, small_cnn, device
 
     data = inputs_for(small_cnn)
     silent = TargetProfile(name="silent", connection={"python": str(fake_python(tmp_path, "exit 7\n"))})
-    with pytest.raises(TargetError, match="target 'silent': the runner exited 7 without an answer"):
+    with pytest.raises(TargetError, match="target 'silent': the runner exited 7 without a JSON answer"):
         check_compat(cnn_artifact, silent, data, {})
     slow = TargetProfile(name="slow", connection={"python": str(device_python)})
     with pytest.raises(TargetError, match="target 'slow': the runner did not finish within 0.01 s"):
         check_compat(cnn_artifact, slow, data, {}, timeout=0.01)
-    remote = TargetProfile(name="pi", connection={"kind": "ssh", "host": "pi.local"})
-    with pytest.raises(ConfigError, match="compatibility checks run a local python executable; "
-                                        "connection kind 'ssh' is not supported"):
-        check_compat(cnn_artifact, remote, data, {})
+    emulated = TargetProfile(name="pi", connection={"kind": "emulated", "board": "raspberry-pi-4"})
+    with pytest.raises(ConfigError, match="target 'pi': emulated targets are checked by the emulator gate"):
+        check_compat(cnn_artifact, emulated, data, {})
     no_backend = TargetProfile(name="nobackend", connection={"python": str(device_python)},
                                runtime={"tflite_backend": "ai_edge_litert"})
     with pytest.raises(TargetError, match="target 'nobackend': no inference backend"):
@@ -213,3 +219,36 @@ def test_fewer_samples_than_the_batch_are_repeated(small_cnn, device_profile, tm
     record = check_compat(path, load_profile(device_profile), data, run_artifact(path, data))
     assert record["verdict"] == "pass", record
     assert record["samples"] == 4
+
+
+def test_ssh_device_checks_an_artifact_with_its_own_runtime(cnn_artifact, small_cnn, device_python, ssh_server):
+    """The same check runs over SSH: upload, infer on the device, outputs fetched back and compared."""
+    from toolchain.config import TargetProfile
+
+    connection = {"kind": "ssh", "host": ssh_server.host, "port": ssh_server.port, "user": ssh_server.user,
+                  "identity": str(ssh_server.identity_file), "known_hosts": str(ssh_server.known_hosts_file),
+                  "python": str(device_python)}
+    profile = TargetProfile.model_validate({"name": "ssh-pi", "connection": connection,
+                                            "runtime": {"tflite_backend": "tflite_runtime"}})
+    data = inputs_for(small_cnn, count=3)
+    record = check_compat(cnn_artifact, profile, data, run_artifact(cnn_artifact, data))
+    assert record["verdict"] == "pass", record
+    assert record["kind"] == "ssh" and record["backend"] == "tflite_runtime" and record["samples"] == 3
+    assert record["outputs"] and record["tolerance"]["max_abs_error"] == 1e-4  # fp32's device tolerance
+    wrong = {k: v + 1.0 for k, v in run_artifact(cnn_artifact, data).items()}
+    record = check_compat(cnn_artifact, profile, data, wrong)
+    assert record["verdict"] == "fail" and "outputs differ from the host" in record["summary"]
+
+
+def test_ssh_infer_without_outputs_is_a_target_error(cnn_artifact, small_cnn, ssh_server, tmp_path):
+    """A runner that answers ok but writes no outputs: the download step says so."""
+    from toolchain.config import TargetProfile
+    from toolchain.targets.ssh import SSHTarget
+
+    python = fake_python(tmp_path, 'cat >/dev/null\necho \'{"ok": true, "mode": "infer"}\'\n')
+    connection = {"kind": "ssh", "host": ssh_server.host, "port": ssh_server.port, "user": ssh_server.user,
+                  "identity": str(ssh_server.identity_file), "known_hosts": str(ssh_server.known_hosts_file),
+                  "python": str(python)}
+    target = SSHTarget(TargetProfile.model_validate({"name": "liar", "connection": connection}))
+    with pytest.raises(TargetError, match="target 'liar': the runner answered but its outputs could not be read back"):
+        target.infer(cnn_artifact, inputs_for(small_cnn, count=1), 60)

@@ -13,7 +13,8 @@ from toolchain.cli import main
 from toolchain.config import ONNX_RECIPES, TFLITE_RECIPES
 from toolchain.data import Dataset
 from toolchain.errors import ConfigError, DataError
-from toolchain.stages.verify import DEFAULT_TOLERANCES, compare_outputs, tolerance_for
+from toolchain.recipes import RECIPES
+from toolchain.stages.verify import compare_outputs, tolerance_for
 
 
 def artifacts_by_name(run_dir):
@@ -280,8 +281,9 @@ def test_accuracy_drop_tolerance_and_top5():
 
 
 def test_every_quantized_recipe_has_a_quality_metric():
-    for recipe, values in DEFAULT_TOLERANCES.items():
-        if recipe.split(":")[-1] != "fp32":
+    for (_, recipe), entry in RECIPES.items():
+        if recipe != "fp32":
+            values = entry.tolerance
             assert values.get("min_cosine") and values.get("min_top1_agreement") and values.get("max_accuracy_drop")
     assert tolerance_for("int8", fmt="onnx").max_accuracy_drop == 0.015
     assert tolerance_for("int8", fmt="tflite").max_accuracy_drop == 0.01

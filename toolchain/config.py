@@ -17,11 +17,12 @@ import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .recipes import RECIPES, all_recipe_names, calibrated_names, recipe_names
 
-TFLITE_RECIPES = ("fp32", "fp16", "dynamic", "int8", "int8-float-io", "int16x8")
-ONNX_RECIPES = ("fp32", "fp16", "dynamic", "int8")
+TFLITE_RECIPES = recipe_names("tflite")
+ONNX_RECIPES = recipe_names("onnx")
 # Recipes whose activation ranges come from calibration data.
-CALIBRATED_RECIPES = {"tflite": ("int8", "int8-float-io", "int16x8"), "onnx": ("int8",)}
+CALIBRATED_RECIPES = {"tflite": calibrated_names("tflite"), "onnx": calibrated_names("onnx")}
 # Opset 17 (ONNX 1.12, 2022): onnxruntime implements it from 1.13 on, so wheels of the last
 # three years run it, including those for Python 3.9-3.11 on aarch64 device images (1.15.0,
 # the oldest cp311 wheel, runs our opset-17 files). tf2onnx here emits 13-18 (README "Export").
@@ -84,7 +85,7 @@ class TFLiteExportSection(Section):
 
     @model_validator(mode="after")
     def _keep_float_recipes(self) -> TFLiteExportSection:
-        refused = [r for r in self.recipes if r in ("int8", "int16x8")]
+        refused = [r for r in self.recipes if RECIPES["tflite", r].keep_float_refused]
         if self.keep_float and refused:
             raise ValueError(
                 f"keep_float works with the 'int8-float-io' recipe only (TFLite's selective quantization "
@@ -138,7 +139,7 @@ class VerifySection(Section):
     @field_validator("tolerances")
     @classmethod
     def _known_recipes(cls, v: dict[str, Tolerance]) -> dict[str, Tolerance]:
-        known = sorted(set(TFLITE_RECIPES) | set(ONNX_RECIPES))
+        known = sorted(all_recipe_names())
         for key in v:
             if key not in known:
                 raise ValueError(f"unknown recipe {key!r}{_did_you_mean(key, known)}")

@@ -32,10 +32,10 @@ formats = ["tflite", "onnx"]
 batch_size = 1
 
 [export.tflite]
-recipes = ["fp32", "fp16", "dynamic", "int8", "int8-float-io", "int16x8"]
+recipes = {tflite_recipes}
 
 [export.onnx]
-recipes = ["fp32", "fp16", "dynamic", "int8"]
+recipes = {onnx_recipes}
 per_channel = true
 calibration_method = "minmax"
 
@@ -48,6 +48,16 @@ threads = [1]
 min_runs = 200
 min_seconds = 1.0
 """
+
+
+def pipeline_toml() -> str:
+    """The demo's pipeline.toml: every recipe of the registry, both formats."""
+    import json
+
+    from .recipes import recipe_names
+
+    return PIPELINE_TOML.format(tflite_recipes=json.dumps(list(recipe_names("tflite"))),
+                                onnx_recipes=json.dumps(list(recipe_names("onnx"))))
 
 
 def digits_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -101,5 +111,5 @@ def write_demo_inputs(folder: Path, seed: int = 0, write_pipeline: bool = True) 
     pipeline = folder / "pipeline.toml"
     if write_pipeline:
         with atomic_output(pipeline) as tmp:
-            tmp.write_text(PIPELINE_TOML)
+            tmp.write_text(pipeline_toml())
     return pipeline

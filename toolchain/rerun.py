@@ -17,23 +17,30 @@ from .cache import StageCache, file_digest, path_digests
 from .config import PipelineConfig, list_profiles
 from .errors import InputError
 
-ONLY_STAGES = ("export", "verify", "bench", "report")
+
+def only_stages() -> tuple[str, ...]:
+    """The stages `--only` can pick, in run order (from the registered stages, steps/__init__.py)."""
+    from .steps import only_names
+
+    return only_names()
 
 
 def check_only(only: str | None) -> str | None:
     """Validate `--only`; stages before it come from the cache, stages after it are skipped."""
-    if only is None or only in ONLY_STAGES:
+    names = only_stages()
+    if only is None or only in names:
         return only
-    close = difflib.get_close_matches(only, ONLY_STAGES, n=1, cutoff=0.5)
+    close = difflib.get_close_matches(only, names, n=1, cutoff=0.5)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise InputError(f"--only {only!r} is not a stage{hint}; choose one of {', '.join(ONLY_STAGES)}")
+    raise InputError(f"--only {only!r} is not a stage{hint}; choose one of {', '.join(names)}")
 
 
 def stage_mode(only: str | None, stage: str) -> str:
     """'run', 'cached' (must come from the cache) or 'skip' for `stage` under `--only`."""
     if only is None or only == stage:
         return "run"
-    return "cached" if ONLY_STAGES.index(stage) < ONLY_STAGES.index(only) else "skip"
+    names = only_stages()
+    return "cached" if names.index(stage) < names.index(only) else "skip"
 
 
 def missing_cached(only: str, stage: str, what: str, run_dir: Path) -> InputError:

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import CALIBRATED_RECIPES, DEFAULT_ONNX_OPSET, ONNX_RECIPES, TFLITE_RECIPES, profile_by_name_or_path
+from .config import DEFAULT_ONNX_OPSET, profile_by_name_or_path
 from .data import Dataset, load_npz
 from .errors import ConfigError, DataError, ModelLoadError, ParityError
 from .fileio import sha256_file
 from .keras_io import input_signature, load_model, run_keras
+from .recipes import all_recipe_names, is_calibrated, recipe_names
 
 FORMATS = ("tflite", "onnx")
 
@@ -63,7 +64,7 @@ def export_artifact(
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if output.suffix != f".{fmt}":
         raise ConfigError(f"output path must end with .{fmt} for --format {fmt}, got {output}")
-    recipes = TFLITE_RECIPES if fmt == "tflite" else ONNX_RECIPES
+    recipes = recipe_names(fmt)
     if recipe not in recipes:
         raise ConfigError(f"unknown {fmt} recipe {recipe!r}; choose one of {', '.join(recipes)}")
     if nchw and fmt != "onnx":
@@ -75,7 +76,7 @@ def export_artifact(
     profiles = [profile_by_name_or_path(name) for name in targets or []]
     model = load_model(model_path, trust=trust)
     dataset = load_npz(data, input_signature(model)) if data else None
-    calibrated = recipe in CALIBRATED_RECIPES[fmt]
+    calibrated = is_calibrated(fmt, recipe)
     if calibrated and dataset is None:
         raise DataError(f"recipe {recipe!r} needs calibration data: pass --data DATA.npz")
     metadata = {"edge_toolchain_version": __version__, "source_model_sha256": sha256_file(model_path),
@@ -101,7 +102,7 @@ def export_artifact(
         if profiles:
             sample = dataset.head(SAMPLES) if dataset else _random_inputs(model, SAMPLES)
             host = run_artifact(tmp, sample.inputs)
-            compat = {p.name: check_compat(tmp, p, sample.inputs, host) for p in profiles}
+            compat = {p.name: check_compat(tmp, p, sample.inputs, host, recipe=recipe) for p in profiles}
             for record in compat.values():
                 record["summary"] = record["summary"].replace(str(tmp), str(output))
             raise_on_incompatible(output.name, compat)
@@ -136,7 +137,7 @@ def verify_file(
         raise ModelLoadError(f"cannot verify {artifact}: expected a .tflite or .onnx file")
     info = describe(artifact)
     recipe = recipe or info.get("metadata", {}).get("recipe") or "fp32"
-    if recipe not in set(TFLITE_RECIPES) | set(ONNX_RECIPES):
+    if recipe not in all_recipe_names():
         raise ConfigError(f"unknown recipe {recipe!r} for the tolerance of {artifact.name}")
     model = load_model(reference, trust=trust)
     dataset = load_npz(data, input_signature(model), labels_key=labels_key, limit=samples)

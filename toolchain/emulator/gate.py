@@ -15,34 +15,19 @@ from typing import Any
 
 import numpy as np
 
+from ..compare import Tolerance, compare_outputs, tolerance_for
 from ..config import TargetProfile
 from ..errors import InputError, ToolchainError
 from ..fileio import atomic_output
-from ..stages.verify import Tolerance, compare_outputs
+from ..recipes import all_recipe_names
 from .run import run_runner
 from .stack import BOARDS, RUNTIMES, Stack, default_cache_dir, runtime_for
 
 GATE_SCHEMA_VERSION = "1.0"
 
-# Emulated aarch64 runtime vs the host's x86 runtime, per recipe.
-# fp32: both run XNNPACK, with other vector widths and fused kernels: float sums reorder,
-# measured differences are ~1e-7 of the output scale; 1e-4 keeps the headroom verify uses.
-FLOAT_TOLERANCE = Tolerance(max_abs_error=1e-4, min_cosine=0.9999, min_top1_agreement=0.99)
-# Quantized: the x86 and aarch64 int8 kernels round requantization differently. Measured on
-# the demo's int8 digits CNN, tflite-runtime 2.14 aarch64 vs the host: 199 of 200 samples
-# identical, one near-tie 16 LSB apart (0.0625 of a softmax output, cosine 0.9906) whose
-# top-1 flips, so 1 of 8 gate samples may flip. A wrong scale, zero point or kernel gives
-# cosines far below 0.9; 0.1 of the output scale, cosine 0.97 and 75% agreement pass the
-# rounding and still catch those.
-QUANTIZED_TOLERANCE = Tolerance(max_abs_error=0.1, min_cosine=0.97, min_top1_agreement=0.75)
-GATE_TOLERANCES: dict[str, Tolerance] = {
-    "fp32": FLOAT_TOLERANCE,
-    "fp16": Tolerance(max_abs_error=1e-3, min_cosine=0.9999, min_top1_agreement=0.99),
-    "dynamic": QUANTIZED_TOLERANCE,
-    "int8": QUANTIZED_TOLERANCE,
-    "int8-float-io": QUANTIZED_TOLERANCE,
-    "int16x8": QUANTIZED_TOLERANCE,
-}
+# Emulated aarch64 runtime vs the host's x86 runtime: the recipe's device tolerance
+# (recipes.py, with the measurements behind each number), compared by compare.py.
+GATE_TOLERANCES: dict[str, Tolerance] = {name: tolerance_for(name, against="host") for name in all_recipe_names()}
 
 # Runtime messages a converter setting avoids: (pattern, advice; {0}, {1} are the match's groups).
 KNOWN_FIXES: tuple[tuple[str, str], ...] = (
@@ -59,8 +44,8 @@ KNOWN_FIXES: tuple[tuple[str, str], ...] = (
 )
 
 
-def tolerance_for_recipe(recipe: str) -> Tolerance:
-    return GATE_TOLERANCES.get(recipe, QUANTIZED_TOLERANCE if "int" in recipe else FLOAT_TOLERANCE)
+def tolerance_for_recipe(recipe: str, fmt: str | None = None) -> Tolerance:
+    return tolerance_for(recipe, fmt=fmt, against="host")
 
 
 def advice_for(message: str) -> str | None:
@@ -161,7 +146,7 @@ def gate_profile(
     record = gate_artifact(
         Stack(Path(cache_dir or default_cache_dir()).resolve()), artifact, profile.connection.board,
         tflite_backend=profile.runtime.tflite_backend, inputs=to_artifact_layout(inputs, metadata),
-        host_outputs=host_outputs, tolerance=tolerance_for_recipe(recipe),
+        host_outputs=host_outputs, tolerance=tolerance_for_recipe(recipe, Path(artifact).suffix[1:]),
         timeout=timeout or profile.bench.timeout_seconds or 300.0, golden_dir=golden_dir,
     )
     return {"target": profile.name, **record}
@@ -201,7 +186,8 @@ def check_files(
         record = gate_artifact(
             stack, Path(artifact), board, tflite_backend=runtime,
             inputs=to_artifact_layout(data, info.get("metadata", {})), host_outputs=host,
-            tolerance=tolerance_for_recipe(chosen), timeout=timeout, golden_dir=golden_dir,
+            tolerance=tolerance_for_recipe(chosen, Path(artifact).suffix[1:]), timeout=timeout,
+            golden_dir=golden_dir,
         ) | {"recipe": chosen, "host_error": host_error}
         if host_error and record["verdict"] == "pass":
             message = f"the host runtime cannot run it, so outputs were not compared: {host_error}"

@@ -1,35 +1,28 @@
-"""Target compatibility: load and invoke an artifact with the target's own Python and runtime.
+"""Device check: run an artifact with a target's own runtime and compare it with this machine's.
 
-The device runner runs in "infer" mode under the target profile's python executable (for
-example a venv with tflite-runtime 2.14 and numpy<2, what a Raspberry Pi installs). The
-artifact must load, run, and give the same outputs as on the host. A runtime that rejects
-the artifact (an op version it does not know, a kernel without int16 support...) makes the
-export fail for that target, quoting the runtime's own message.
+The device runner runs in "infer" mode on the target: a local Python executable (for
+example a venv with tflite-runtime 2.14 and numpy<2, what a Raspberry Pi installs) or an
+SSH device. The artifact must load, run, and give the same outputs as on the host, within
+the recipe's device tolerance (recipes.py, compared by compare.py like verify and the
+emulator gate). A runtime that rejects the artifact (an op version it does not know, a
+kernel without int16 support...) makes the export fail for that target, quoting the
+runtime's own message.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..artifact_info import describe, to_artifact_layout
+from ..compare import Tolerance, compare_outputs, sample_count, tolerance_for, trim, whole_batches
 from ..config import TargetProfile
 from ..errors import ConfigError, StageError, TargetError
-from ..targets.local import RUNNER_PATH
+from ..targets import open_target
+from ..targets.infer import RejectedError
 
-# Device vs host outputs of the SAME artifact: only the kernels differ (another
-# interpreter build, XNNPACK on or off), which reorders float additions: ~1e-6 of the
-# output scale. 1e-4 leaves two orders of headroom while a wrong kernel gives errors near 1.
-# Quantized outputs may also round one step apart, so one quantization step is added.
-RELATIVE_TOLERANCE = 1e-4
-# runner error types that mean "this runtime rejects this artifact" (others: setup problems)
-REJECTIONS = ("load_failed", "inference_failed", "crashed")
 SAMPLES = 8
 
 
@@ -40,59 +33,64 @@ def check_compat(
     host_outputs: dict[str, np.ndarray],
     *,
     timeout: float = 300.0,
+    recipe: str | None = None,
 ) -> dict[str, Any]:
-    """Compatibility record of `artifact` on `profile`; never raises for a rejection.
+    """Compatibility record of `artifact` on `profile` (local or SSH); never raises for a rejection.
 
     `inputs` are in the Keras layout, `host_outputs` are the artifact's outputs on the
-    host for the same inputs (verify.run_artifact).
+    host for the same inputs (verify.run_artifact). `recipe` picks the device tolerance
+    (default: the one in the artifact's metadata, else fp32).
     """
     artifact = Path(artifact).resolve()
-    if profile.connection.kind != "local":
+    if profile.connection.kind == "emulated":
         raise ConfigError(
-            f"target '{profile.name}': compatibility checks run a local python executable; "
-            f"connection kind '{profile.connection.kind}' is not supported for them"
+            f"target '{profile.name}': emulated targets are checked by the emulator gate "
+            "(emulator.gate.gate_profile), not by check_compat"
         )
-    python = profile.connection.python or sys.executable
     info = describe(artifact)
     batch = (info["inputs"][0]["shape"][0] or 1) if info["inputs"] else 1
-    count = max(batch, min(SAMPLES, len(next(iter(inputs.values())))) // batch * batch)
-    # whole batches only; fewer samples than one batch are repeated (outputs likewise)
-    inputs = to_artifact_layout(_take(inputs, count), info.get("metadata", {}))
-    host_outputs = _take(host_outputs, count)
-    request: dict[str, Any] = {"model": str(artifact), "mode": "infer"}
-    if artifact.suffix == ".tflite" and profile.runtime.tflite_backend != "auto":
-        request["backend"] = profile.runtime.tflite_backend
-    record: dict[str, Any] = {
-        "target": profile.name,
-        "python": python,
-        "min_runtime_version": info.get("min_runtime_version"),
-    }
-    with tempfile.TemporaryDirectory(prefix="edge-toolchain-compat-") as work:
-        probe = _run_runner(python, {**request, "mode": "probe"}, profile.name, timeout)
-        if not probe.get("ok"):
-            raise TargetError(f"target '{profile.name}': {probe['error']['message']}")
-        env = probe["environment"]
-        record["backend"], record["backend_version"] = env["backend"], env["backend_version"]
-        runtime = f"{env['backend']} {env['backend_version']}"
-        np.savez(Path(work) / "inputs.npz", **inputs)
-        request |= {"inputs": str(Path(work) / "inputs.npz"), "outputs": str(Path(work) / "outputs.npz")}
-        answer = _run_runner(python, request, profile.name, timeout)
-        if not answer.get("ok"):
-            reason = _runtime_message(answer["error"]["message"])
-            loads = answer["error"]["type"] == "inference_failed"  # loaded, then invoke failed
-            summary = f"loads on {runtime}: " + (f"yes, but inference fails ({reason})" if loads
-                                                  else f"no ({reason})")
-            return record | {"loads": loads, "runs": False, "verdict": "fail", "reason": reason,
-                             "failures": [reason], "summary": summary}
-        with np.load(request["outputs"]) as loaded:
-            device = {k: loaded[k] for k in loaded.files}
-    failures, max_error = _compare(device, host_outputs,
-                                   {o["name"]: o for o in answer["io"]["outputs"]})
-    verdict = "fail" if failures else "pass"
+    count = min(SAMPLES, sample_count(inputs)) if inputs else 0
+    inputs = whole_batches({k: v[:count] for k, v in inputs.items()}, batch)
+    host_outputs = whole_batches(trim(host_outputs, count), batch)
+    count = sample_count(inputs)
+    recipe = recipe or info.get("metadata", {}).get("recipe") or "fp32"
+    tolerance = tolerance_for(recipe, fmt=info["format"], against="host")
+    target = open_target(profile)
+    record: dict[str, Any] = {"target": profile.name, "kind": profile.connection.kind,
+                              "python": getattr(target, "python", None),
+                              "min_runtime_version": info.get("min_runtime_version")}
+    runtime = _probe_runtime(target, artifact, timeout, record)
+    try:
+        _, device = target.infer(artifact, to_artifact_layout(inputs, info.get("metadata", {})), timeout)
+    except RejectedError as e:
+        reason = _runtime_message(e.reason)
+        loads = e.kind == "inference_failed"  # loaded, then invoke failed
+        summary = f"loads on {runtime}: " + (f"yes, but inference fails ({reason})" if loads else f"no ({reason})")
+        return record | {"loads": loads, "runs": False, "verdict": "fail", "reason": reason,
+                         "failures": [reason], "summary": summary}
+    return record | _compared(device, host_outputs, tolerance, runtime, count)
+
+
+def _probe_runtime(target: Any, artifact: Path, timeout: float, record: dict[str, Any]) -> str:
+    """Which backend the target picks for `artifact`, recorded in `record`."""
+    try:
+        probe = target.run({"model": str(artifact), "mode": "probe"}, timeout)
+    except RejectedError as e:
+        raise TargetError(str(e)) from e
+    env = probe["environment"]
+    record["backend"], record["backend_version"] = env["backend"], env["backend_version"]
+    return f"{env['backend']} {env['backend_version']}"
+
+
+def _compared(device: dict[str, np.ndarray], host: dict[str, np.ndarray], tolerance: Tolerance,
+              runtime: str, count: int) -> dict[str, Any]:
+    metrics, failures = compare_outputs(host, device, tolerance)
+    worst = max((m.get("max_abs_error", 0.0) for m in metrics.values()), default=0.0)
     summary = f"loads on {runtime}: yes" + (
         f", but outputs differ from the host ({'; '.join(failures)})" if failures else "")
-    return record | {"loads": True, "runs": True, "verdict": verdict, "reason": None, "failures": failures,
-                     "samples": count, "max_abs_error_vs_host": max_error, "summary": summary}
+    return {"loads": True, "runs": True, "verdict": "fail" if failures else "pass", "reason": None,
+            "failures": failures, "samples": count, "max_abs_error_vs_host": worst, "outputs": metrics,
+            "tolerance": tolerance.as_dict(), "summary": summary}
 
 
 def raise_on_incompatible(artifact_name: str, results: dict[str, dict[str, Any]]) -> None:
@@ -106,63 +104,9 @@ def raise_on_incompatible(artifact_name: str, results: dict[str, dict[str, Any]]
         )
 
 
-def _take(arrays: dict[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
-    return {k: np.resize(v, (count, *v.shape[1:])) for k, v in arrays.items()}
-
-
-def _run_runner(python: str, request: dict[str, Any], target: str, timeout: float) -> dict[str, Any]:
-    try:
-        done = subprocess.run([python, str(RUNNER_PATH), "-"], input=json.dumps(request),
-                              capture_output=True, text=True, timeout=timeout)
-    except FileNotFoundError as e:
-        raise TargetError(
-            f"target '{target}': python executable not found: {python}; "
-            "fix connection.python in the target profile"
-        ) from e
-    except subprocess.TimeoutExpired as e:
-        raise TargetError(f"target '{target}': the runner did not finish within {timeout:g} s") from e
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    try:
-        answer = json.loads(lines[-1]) if lines else None
-    except json.JSONDecodeError:
-        answer = None
-    if not isinstance(answer, dict):
-        # a native crash while loading (segfault, abort) is a rejection too, quote stderr
-        tail = " ".join(done.stderr.strip().splitlines()[-3:])[:600]
-        if done.returncode < 0 or done.returncode == 1:
-            return {"ok": False, "error": {"type": "crashed", "message":
-                    f"the runtime crashed (exit {done.returncode}): {tail or 'no output'}"}}
-        raise TargetError(f"target '{target}': the runner exited {done.returncode} without an answer: {tail}")
-    if not answer.get("ok") and answer.get("error", {}).get("type") not in REJECTIONS:
-        raise TargetError(f"target '{target}': {answer['error']['message']} [{answer['error']['type']}]")
-    return answer
-
-
 def _runtime_message(message: str) -> str:
     """The runtime's own words, without the runner's prefix and hint."""
     text = message.split(" (is the file complete")[0]
     if text.startswith("infer failed on ") or " cannot load " in text.split(":")[0]:
         text = text.split(": ", 1)[-1]
     return " ".join(text.split())[:600]
-
-
-def _compare(device: dict[str, np.ndarray], host: dict[str, np.ndarray],
-             io: dict[str, dict[str, Any]]) -> tuple[list[str], float]:
-    failures = []
-    worst = 0.0
-    for name, expected in host.items():
-        if name not in device:
-            failures.append(f"output '{name}' missing on the device (it has {sorted(device)})")
-            continue
-        got = device[name].astype(np.float64)
-        if got.shape != expected.shape:
-            failures.append(f"output '{name}': shape {list(got.shape)} != host {list(expected.shape)}")
-            continue
-        error = float(np.max(np.abs(got - expected))) if got.size else 0.0
-        worst = max(worst, error)
-        quant = io.get(name, {}).get("quantization") or {}
-        limit = RELATIVE_TOLERANCE * max(1.0, float(np.max(np.abs(expected))) if expected.size else 1.0)
-        limit += float(quant.get("scale") or 0.0)
-        if not np.isfinite(error) or error > limit:
-            failures.append(f"output '{name}': max difference from the host {error:.3g} > {limit:.3g}")
-    return failures, worst

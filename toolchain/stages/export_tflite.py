@@ -13,6 +13,7 @@ from ..data import CalibrationReader, Dataset
 from ..errors import ConfigError, DataError, StageError
 from ..fileio import atomic_write_bytes
 from ..keras_io import frozen_serving_function
+from ..recipes import RECIPES, calibrated_names
 from ..tflite_metadata import add_metadata
 
 COMMON_CAUSES = (
@@ -171,20 +172,10 @@ def check_prepares(flatbuffer: bytes, what: str) -> None:
 # What each recipe does to the converter. All of them convert the frozen function (see
 # frozen_serving_function): the representative dataset works on it unchanged, so int8 needs
 # no other route.
-RECIPE_NOTES = {
-    "fp32": "float32 weights and activations",
-    "fp16": "float16 weights, dequantized to float32 at load (half the file, float32 compute)",
-    "dynamic": "int8 weights, activations quantized on the fly per inference (no calibration)",
-    "int8": "full integer: int8 weights and activations, int8 input and output tensors",
-    "int8-float-io": "full integer inside, float32 input and output (quantize/dequantize ops at the edges)",
-    "int16x8": "int16 activations, int8 weights (more accurate than int8, fewer fast kernels)",
-}
-CALIBRATED = ("int8", "int8-float-io", "int16x8")
-KEEP_FLOAT_REFUSED = {
-    "int8": "selective quantization (TFLite's quantization debugger) keeps float input/output; "
-            "use recipe 'int8-float-io' for a partly-float model",
-    "int16x8": "TFLite's selective quantization supports int8 only; use 'int8-float-io'",
-}
+RECIPE_NOTES = {r.name: r.notes for r in RECIPES.values() if r.format == "tflite"}
+CALIBRATED = calibrated_names("tflite")
+KEEP_FLOAT_REFUSED = {r.name: r.keep_float_refused for r in RECIPES.values()
+                      if r.format == "tflite" and r.keep_float_refused}
 
 
 def _apply_recipe(converter: Any, recipe: str, calibration: Dataset | None, batch_size: int | None) -> None:

@@ -12,17 +12,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..config import ONNX_RECIPES
 from ..data import CalibrationReader, Dataset
 from ..errors import ConfigError, DataError, StageError
 from ..fileio import atomic_output
+from ..recipes import RECIPES, is_calibrated, recipe_names
 
-RECIPE_NOTES = {
-    "fp16": "float16 weights and compute; float32 input/output (keep_io_types) so callers feed float32",
-    "dynamic": "int8 weights; activations quantized on the fly per inference (MatMulInteger/ConvInteger)",
-    "int8": "static QDQ: int8 weights (per channel by default) and activations from calibration; "
-            "float32 input/output",
-}
+RECIPE_NOTES = {r.name: r.notes for r in RECIPES.values() if r.format == "onnx" and r.name != "fp32"}
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
@@ -42,19 +37,20 @@ def quantize_onnx(
     filepath = Path(filepath)
     if filepath.suffix != ".onnx":
         raise ConfigError(f"ONNX output path must end with .onnx, got {filepath}")
-    if recipe not in ONNX_RECIPES or recipe == "fp32":
+    if recipe not in recipe_names("onnx") or recipe == "fp32":
         raise ConfigError(
-            f"ONNX quantization recipe must be one of {', '.join(r for r in ONNX_RECIPES if r != 'fp32')}, "
+            f"ONNX quantization recipe must be one of {', '.join(r for r in recipe_names('onnx') if r != 'fp32')}, "
             f"got {recipe!r}"
         )
     if calibration_method not in CALIBRATION_METHODS:
         raise ConfigError(
             f"unknown calibration method {calibration_method!r}; choose one of {', '.join(CALIBRATION_METHODS)}"
         )
-    if recipe == "int8" and calibration is None:
+    if is_calibrated("onnx", recipe) and calibration is None:
         raise DataError("ONNX recipe 'int8' needs calibration data; set [data.calibration] source")
-    if keep_float and recipe == "fp16":
-        raise ConfigError("keep_float applies to the int8 recipes ('dynamic', 'int8'), not to 'fp16'")
+    refused = RECIPES["onnx", recipe].keep_float_refused
+    if keep_float and refused:
+        raise ConfigError(refused)
     import onnx
 
     source = onnx.load(str(float_model), load_external_data=False)

@@ -1,8 +1,14 @@
-"""Where a benchmark runs. Every target runs device/runner.py in a fresh process."""
+"""Where an artifact runs: `bench` (run a benchmark request) and `infer` on every target kind.
+
+Every target runs device/runner.py in a fresh process.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol
+
+import numpy as np
 
 from ..config import TargetProfile
 from .local import LocalTarget
@@ -13,6 +19,9 @@ class Target(Protocol):
     profile: TargetProfile
 
     def run(self, request: dict[str, Any], timeout: float) -> dict[str, Any]: ...
+
+    def infer(self, artifact: Path, inputs: dict[str, np.ndarray],
+              timeout: float) -> tuple[dict[str, Any], dict[str, np.ndarray]]: ...
 
 
 def open_target(profile: TargetProfile) -> Target:

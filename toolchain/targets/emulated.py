@@ -9,10 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..config import TargetProfile
 from ..emulator.run import run_runner
 from ..emulator.stack import BOARDS, Stack, default_cache_dir, runtime_for
 from ..errors import TargetError
+from .infer import REJECTIONS, RejectedError, infer_through_files
 
 
 class EmulatedTarget:
@@ -33,7 +36,11 @@ class EmulatedTarget:
         run = run_runner(self.stack, self.board, runtime, request, timeout)
         failure = run.failure()
         if failure is not None:
-            raise TargetError(f"target '{self.profile.name}': {failure['message']}")
+            kind = "crashed" if failure["kind"] == "crash" else failure["kind"]
+            message = f"target '{self.profile.name}': {failure['message']}"
+            if kind in REJECTIONS:
+                raise RejectedError(message, kind, failure["message"])
+            raise TargetError(message)
         answer = dict(run.answer or {})
         answer["timing"] = "emulated"
         answer["environment"] = {**answer.get("environment", {}), "emulated": {
@@ -41,3 +48,7 @@ class EmulatedTarget:
             "note": "latency under QEMU user-mode emulation; not a device figure",
         }}
         return answer
+
+    def infer(self, artifact: Path, inputs: dict[str, np.ndarray],
+              timeout: float) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return infer_through_files(self, artifact, inputs, timeout)

@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..config import TargetProfile
 from ..errors import TargetError
+from .infer import REJECTIONS, RejectedError, infer_through_files
 
 RUNNER_PATH = Path(__file__).resolve().parent.parent / "device" / "runner.py"
 TAIL_LINES = 8
@@ -35,15 +38,19 @@ def parse_runner_output(target: str, stdout: str, stderr: str, returncode: int) 
             name = signal.Signals(-returncode).name
         except ValueError:
             name = str(-returncode)
-        raise TargetError(
+        raise RejectedError(
             f"target '{target}': the runner was killed by signal {name}; "
-            f"no result recorded. stderr tail: {tail}"
+            f"no result recorded. stderr tail: {tail}",
+            "crashed", f"the runtime crashed (exit {returncode}): {tail}",
         )
     lines = [line for line in stdout.strip().splitlines() if line.startswith("{")]
     try:
         answer = json.loads(lines[-1]) if lines else None
     except json.JSONDecodeError:
         answer = None
+    if not isinstance(answer, dict) and returncode == 1:  # a native abort while loading
+        raise RejectedError(f"target '{target}': the runtime crashed (exit 1) without an answer; "
+                            f"stderr tail: {tail}", "crashed", f"the runtime crashed (exit 1): {tail}")
     if not isinstance(answer, dict):
         raise TargetError(
             f"target '{target}': the runner exited {returncode} without a JSON answer; "
@@ -51,10 +58,11 @@ def parse_runner_output(target: str, stdout: str, stderr: str, returncode: int) 
         )
     if not answer.get("ok") or returncode != 0:
         error = answer.get("error") or {}
-        raise TargetError(
-            f"target '{target}': {error.get('message', f'runner exited {returncode}')} "
-            f"[{error.get('type', 'error')}]; stderr tail: {tail}"
-        )
+        message = (f"target '{target}': {error.get('message', f'runner exited {returncode}')} "
+                   f"[{error.get('type', 'error')}]; stderr tail: {tail}")
+        if error.get("type") in REJECTIONS:
+            raise RejectedError(message, error["type"], str(error.get("message", "")))
+        raise TargetError(message)
     return answer
 
 
@@ -93,3 +101,8 @@ class LocalTarget:
                 f"stderr tail: {stderr_tail(e.stderr)}"
             ) from e
         return parse_runner_output(self.profile.name, completed.stdout, completed.stderr, completed.returncode)
+
+    def infer(self, artifact: Path, inputs: dict[str, np.ndarray],
+              timeout: float) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The runner's answer and the artifact's outputs for `inputs` (artifact layout)."""
+        return infer_through_files(self, artifact, inputs, timeout)

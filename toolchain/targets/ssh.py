@@ -18,14 +18,18 @@ import re
 import shlex
 import subprocess
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..config import TargetProfile
 from ..errors import TargetError
 from ..fileio import sha256_bytes
+from .infer import read_outputs
 from .local import RUNNER_PATH, parse_runner_output, stderr_tail
 
 # ssh exits 255 for its own failures; only these mean "could not connect", worth a retry.
@@ -69,6 +73,8 @@ exit $?
 """
 
 CLEANUP_SCRIPT = 'rm -rf -- "$1"'
+# $1 folder: the outputs an infer request wrote there (a fixed name, never a user string)
+FETCH_SCRIPT = 'cat -- "$1/outputs.npz"'
 
 
 class SSHTarget:
@@ -181,14 +187,41 @@ class SSHTarget:
 
     def run(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Upload, check, run and clean up; the runner's JSON answer or a TargetError."""
+        answer, _ = self._run_and_fetch(request, timeout, fetch=False)
+        return answer
+
+    def infer(self, artifact: Path, inputs: dict[str, np.ndarray],
+              timeout: float) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Run `artifact` on `inputs` on the device; the runner's answer and the outputs it wrote."""
+        with tempfile.TemporaryDirectory(prefix="edge-toolchain-infer-") as work:
+            inputs_file = Path(work) / "inputs.npz"
+            np.savez(inputs_file, **inputs)
+            request = {"model": str(artifact), "mode": "infer", "inputs": str(inputs_file),
+                       "outputs": "outputs.npz"}
+            answer, outputs = self._run_and_fetch(request, timeout, fetch=True)
+        return answer, read_outputs(outputs or b"")
+
+    def _run_and_fetch(self, request: dict[str, Any], timeout: float,
+                       fetch: bool) -> tuple[dict[str, Any], bytes | None]:
         if self.profile.runtime.tflite_backend != "auto" and str(request["model"]).endswith(".tflite"):
             request = {"backend": self.profile.runtime.tflite_backend, **request}
         files = self.payload(request)
         folder = self.upload(files)
         try:
-            return self.execute(folder, files, timeout)
+            answer = self.execute(folder, files, timeout)
+            return answer, self.download(folder) if fetch else None
         finally:
             self._cleanup(folder)
+
+    def download(self, folder: str) -> bytes:
+        """The outputs.npz an infer request wrote into `folder` on the device."""
+        done = self._ssh("download", FETCH_SCRIPT, folder, timeout=self._connect_budget + 120)
+        if done.returncode != 0 or not done.stdout:
+            raise TargetError(
+                f"target '{self.profile.name}': the runner answered but its outputs could not be read back "
+                f"from {self.where} (exit {done.returncode}). stderr tail: {stderr_tail(done.stderr)}"
+            )
+        return done.stdout
 
     @property
     def _connect_budget(self) -> float:

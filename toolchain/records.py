@@ -1,0 +1,145 @@
+"""Typed results of the pipeline's stages; JSON only at the edges (cache records, result files).
+
+verify.json and bench.json are dumps of VerifyDocument and BenchDocument; their JSON
+schemas (toolchain/schemas/*.schema.json) are generated from these models
+(`python -m toolchain.records` rewrites them; a test checks they are current).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+VERIFY_SCHEMA_VERSION = "1.0"
+BENCH_SCHEMA_VERSION = "1.0"
+
+
+class Record(BaseModel):
+    """A typed record; `to_json` leaves out what was never set, so the files keep their shape."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+class OutputMetrics(Record):
+    """One output of an artifact compared with its reference (compare.compare_outputs)."""
+
+    samples: int
+    max_abs_error: float | None = None
+    mean_abs_error: float | None = None
+    normalized_max_error: float | None = None
+    cosine_min: float | None = None
+    cosine_mean: float | None = None
+    snr_db: float | None = None  # None: identical outputs
+    top1_agreement: float | None = None
+    accuracy_reference: float | None = None
+    accuracy: float | None = None
+    accuracy_delta: float | None = None
+    top5_accuracy_reference: float | None = None
+    top5_accuracy: float | None = None
+    top5_accuracy_delta: float | None = None
+    non_finite_values: int | None = None
+
+
+class VerifyResult(Record):
+    """One artifact vs the Keras model; `compat`: target name -> device check or emulator gate record."""
+
+    verdict: Literal["pass", "fail"]
+    failures: list[str]
+    outputs: dict[str, OutputMetrics]
+    samples: int | None = None
+    tolerance: dict[str, float] | None = None
+    layer_report: str | None = None
+    compat: dict[str, dict[str, Any]] | None = None
+
+
+class VerifyDocument(Record):
+    """verify.json"""
+
+    schema_version: str = VERIFY_SCHEMA_VERSION
+    reference: str
+    data: str
+    samples: int
+    notes: list[str]
+    calibration: dict[str, Any]
+    artifacts: dict[str, VerifyResult]
+
+
+class Latency(Record):
+    model_config = ConfigDict(extra="allow")
+
+    count: int
+    mean: float
+    std: float
+    min: float
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+    max: float
+
+
+class BenchRecord(Record):
+    """One benchmark: artifact x target x threads."""
+
+    artifact: str
+    artifact_sha256: str
+    target: str
+    connection: str
+    threads: int
+    valid: bool
+    latency_ms: Latency
+    latency_samples_ms: list[float] | None = None  # None from older runners
+    load_ms: float
+    first_inference_ms: float
+    warmup_runs: int
+    timed_seconds: float
+    capped_by_max_seconds: bool
+    memory: dict[str, Any]
+    throttled: bool | None
+    throttling: list[Any]
+    inputs: Any
+    settings: dict[str, Any]
+    environment: dict[str, Any]
+    cached: bool | None = None  # in a pipeline run: served from the stage cache
+
+
+class BenchDocument(Record):
+    """bench.json"""
+
+    schema_version: str = BENCH_SCHEMA_VERSION
+    results: list[BenchRecord]
+
+
+SCHEMAS = {"verify": VerifyDocument, "bench": BenchDocument}
+
+
+def json_schema(name: str) -> dict[str, Any]:
+    model = SCHEMAS[name]
+    schema = model.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": f"https://edge-toolchain/schemas/{name}.schema.json", **schema}
+
+
+def schema_path(name: str) -> Path:
+    return SCHEMA_DIR / f"{name}.schema.json"
+
+
+def write_schemas() -> list[Path]:
+    paths = []
+    for name in SCHEMAS:
+        path = schema_path(name)
+        path.write_text(json.dumps(json_schema(name), indent=2) + "\n", encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+if __name__ == "__main__":
+    for written in write_schemas():
+        print(written)
