@@ -372,7 +372,8 @@ def bench(
     from .config import find_profile
     from .errors import InputError
     from .fileio import atomic_write_json
-    from .stages.bench import COMPARISON_COLUMNS, bench_document, comparison_rows, run_benchmarks
+    from .fleet import expand_targets
+    from .stages.bench import bench_document, run_benchmarks
 
     counts = None
     if threads is not None:
@@ -382,7 +383,9 @@ def bench(
             counts = []
         if not counts or any(c < 1 for c in counts):
             raise InputError(f"--threads must be comma-separated positive integers like 1,4; got {threads!r}")
-    profiles = [find_profile(name, targets_dir) for name in (target or ["local"])]
+    given = [find_profile(name, targets_dir) for name in (target or ["local"])]
+    profiles, fleet_of = expand_targets(given)
+    failures: dict[str, str] | None = {} if fleet_of else None
     overrides = {"min_runs": min_runs, "min_seconds": min_seconds, "max_seconds": max_seconds,
                  "timeout_seconds": timeout}
 
@@ -393,19 +396,49 @@ def bench(
                       + (" (EMULATED timing, not a device figure)" if record.get("connection") == "emulated" else ""),
                       highlight=False)
 
-    results = run_benchmarks(artifacts, profiles, counts, None, progress, overrides=overrides, inputs=inputs)
+    results = run_benchmarks(artifacts, profiles, counts, None, progress, overrides=overrides, inputs=inputs,
+                             failures=failures, fleet_of=fleet_of)
     document = bench_document(results)
+    if fleet_of:
+        document.update(_fleet_sections(given, results, fleet_of, failures or {}))
     if out_file is not None:
         atomic_write_json(out_file, document)
     if as_json:
         print(json.dumps(document, indent=2))
-        return
+    else:
+        _print_bench_tables(results, document, out_file)
+    if failures:
+        from .errors import TargetError
+
+        raise TargetError(f"{len(failures)} device(s) failed, the others were measured: "
+                          + "; ".join(failures.values()))
+
+
+def _fleet_sections(given: list[Any], results: list[dict[str, Any]], fleet_of: dict[str, str],
+                    failures: dict[str, str]) -> dict[str, Any]:
+    from .fleet import group_rows
+
+    ratios = {p.name: p.fleet.outlier_ratio for p in given if p.fleet is not None}
+    return {"groups": group_rows(results, fleet_of, failures, ratios), "failed": failures or None}
+
+
+def _print_bench_tables(results: list[dict[str, Any]], document: dict[str, Any], out_file: Path | None) -> None:
+    from .fleet import GROUP_COLUMNS, group_table_rows
+    from .stages.bench import COMPARISON_COLUMNS, comparison_rows
+
     table = Table(title="benchmark (latency per inference)")
     for key, title in COMPARISON_COLUMNS:
         table.add_column(title, no_wrap=key in ("artifact", "target"))
     for row in comparison_rows(results):
         table.add_row(*[row[key] for key, _ in COMPARISON_COLUMNS])
     out.print(table)
+    if document.get("groups"):
+        groups = Table(title="fleets (median of the devices' p50)")
+        for key, title in GROUP_COLUMNS:
+            groups.add_column(title, no_wrap=key in ("artifact", "fleet"))
+        for row in group_table_rows(document["groups"]):
+            groups.add_row(*[row[key] for key, _ in GROUP_COLUMNS])
+        out.print(groups)
     if out_file is not None:
         out.print(f"wrote {out_file}")
 

@@ -21,6 +21,7 @@ from .config import PipelineConfig, config_sha256, find_profile
 from .errors import ToolchainError
 from .executor import Executor, InProcessExecutor
 from .fileio import sha256_file
+from .fleet import expand_targets
 from .keras_io import input_signature, load_model, output_signature
 from .manifest import new_manifest, write_manifest
 from .rerun import check_only, missing_cached, read_json, replay_run, run_key, stage_mode, store_run
@@ -115,6 +116,7 @@ class RunContext:
     profiles: list[Any] = field(default_factory=list)
     profile_dirs: list[Path] | None = None
     executor: Executor = field(default_factory=InProcessExecutor)
+    fleet_of: dict[str, str] = field(default_factory=dict)  # device target -> its fleet (fleet.py)
 
     def mode(self, stage: str) -> str:
         """'run', 'cached' or 'skip' for a stage's --only name."""
@@ -149,7 +151,9 @@ def run_pipeline(
     lock.check_free()  # a second run on this directory fails at once
     profile_dirs = [config.bench.targets_dir] if config.bench.targets_dir else None
     profiles = [find_profile(t, profile_dirs) for t in config.bench.targets] if config.bench.enabled else []
-    ctx = RunContext(StageCache(run_dir, force=force), lock, check_only(only), profiles, profile_dirs)
+    profiles, fleet_of = expand_targets(profiles)
+    ctx = RunContext(StageCache(run_dir, force=force), lock, check_only(only), profiles, profile_dirs,
+                     fleet_of=fleet_of)
 
     key = run_key(ctx.cache, config, profiles, profile_dirs) if only is None and not force else None
     if key is not None and replay_run(ctx.cache, key) is not None:
