@@ -63,6 +63,13 @@ def run(
     log_json: Annotated[
         bool, typer.Option("--log-json", help="Progress as one JSON object per line on stderr.")
     ] = False,
+    executor: Annotated[
+        str | None, typer.Option("--executor", metavar="BACKEND", help=(
+            "Where export and verify units run: inprocess or ray (default: [execution] backend)."))
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="Ray cluster: auto, HOST:PORT or ray://HOST:10001.")
+    ] = None,
 ) -> None:
     """Run a pipeline: export, verify, benchmark, check budgets and report."""
     from .config import load_config
@@ -71,6 +78,7 @@ def run(
 
     try:
         config, raw = load_config(pipeline)
+        config = _with_execution(config, executor, ray_address)
         result = run_pipeline(config, raw, out_dir, console=err, quiet=quiet, force=force, only=only,
                               log_json=log_json)
     except ToolchainError as e:  # CI still gets a JUnit file, with the error in it
@@ -81,6 +89,29 @@ def run(
     if junit:
         write_junit(junit, result.budgets)
     _print_summary(result, quiet)
+
+
+def _with_execution(config: Any, backend: str | None, address: str | None) -> Any:
+    """--executor / --ray-address over the pipeline's [execution]."""
+    from .config import ExecutionSection
+    from .errors import InputError
+
+    if backend is not None and backend not in ("inprocess", "ray"):
+        raise InputError(f"--executor must be inprocess or ray, got {backend!r}")
+    if backend is None and address is None:
+        return config
+    values = config.execution.model_dump()
+    values.update({k: v for k, v in (("backend", backend), ("ray_address", address)) if v is not None})
+    if address is not None and values["backend"] != "ray":
+        raise InputError("--ray-address needs --executor ray (or [execution] backend = \"ray\")")
+    from pydantic import ValidationError
+
+    try:
+        execution = ExecutionSection.model_validate(values)
+    except ValidationError as e:
+        raise InputError(f"--ray-address {address!r} is not an address: give auto, HOST:PORT or "
+                         "ray://HOST:10001") from e
+    return config.model_copy(update={"execution": execution})
 
 
 @app.command()

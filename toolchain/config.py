@@ -223,6 +223,17 @@ class TruncateSection(Section):
         return self
 
 
+class ExecutionSection(Section):
+    """Where units of work run: in this process (default), or as tasks on a Ray cluster."""
+
+    backend: Literal["inprocess", "ray"] = "inprocess"
+    ray_address: str | None = Field(default=None, pattern=r"^(auto|local|(ray://)?[A-Za-z0-9_.:\[\]-]+)$")
+    max_retries: int = Field(default=2, ge=0, le=10)  # a unit whose worker died runs again, at most this often
+    cpus_per_unit: float = Field(default=1.0, gt=0)
+    memory_mb_per_unit: int | None = Field(default=None, ge=1)  # default: sized from the model file
+    connect_timeout_seconds: float = Field(default=60.0, gt=0)
+
+
 class PipelineConfig(Section):
     model: ModelSection
     data: DataSection = Field(default_factory=DataSection)
@@ -234,6 +245,7 @@ class PipelineConfig(Section):
     package: PackageSection = Field(default_factory=PackageSection)
     output: OutputSection = Field(default_factory=OutputSection)
     truncate: TruncateSection | None = None
+    execution: ExecutionSection = Field(default_factory=ExecutionSection)
 
     @property
     def model_name(self) -> str:

@@ -93,6 +93,12 @@ class StageLog:
             note = "cached" if event.cached else f"{seconds:.1f} s"
             self.console.print(f"[green]✓[/] {label} [dim]({note})[/]")
 
+    def unit_event(self, event: dict[str, Any]) -> None:
+        """A unit done on a cluster node: a JSON line, or a console line naming the node."""
+        self._emit(**event)
+        if not (self.quiet or self.json_lines):
+            self.console.print(f"  [green]·[/] {event['unit']} [dim](on {event['node']})[/]", highlight=False)
+
     def skip(self, name: str, detail: str = "", reason: str = "") -> None:
         label = f"{name} {detail}".strip()
         self.records.append({"name": label, "stage": name, "status": "skipped", "seconds": 0.0, "cached": False})
@@ -137,6 +143,7 @@ def run_pipeline(
     force: bool = False,
     only: str | None = None,
     log_json: bool = False,
+    executor: Executor | None = None,
 ) -> RunResult:
     """Run the pipeline into `out_dir`.
 
@@ -153,7 +160,7 @@ def run_pipeline(
     profiles = [find_profile(t, profile_dirs) for t in config.bench.targets] if config.bench.enabled else []
     profiles, fleet_of = expand_targets(profiles)
     ctx = RunContext(StageCache(run_dir, force=force), lock, check_only(only), profiles, profile_dirs,
-                     fleet_of=fleet_of)
+                     executor=executor or _executor(config, log), fleet_of=fleet_of)
 
     key = run_key(ctx.cache, config, profiles, profile_dirs) if only is None and not force else None
     if key is not None and replay_run(ctx.cache, key) is not None:
@@ -192,6 +199,19 @@ def run_pipeline(
         lock.release()
     raise_if_release_candidate_fails(result.budgets)  # exit 7, after the run's outputs are written
     return result
+
+
+def _executor(config: PipelineConfig, log: StageLog) -> Executor:
+    """[execution] backend: in this process, or Ray (units report the node they ran on)."""
+    execution = config.execution
+    if execution.backend == "inprocess":
+        return InProcessExecutor()
+    from .ray_executor import executor_for
+
+    executor = executor_for(execution.backend, execution.ray_address, execution.max_retries,
+                            execution.connect_timeout_seconds)
+    executor.on_event = log.unit_event
+    return executor
 
 
 def _replay(run_dir: Path, ctx: RunContext, key: str, log: StageLog) -> RunResult | None:
@@ -260,7 +280,7 @@ def _run_stage(stage: Stage, run: RunState, executor: Executor) -> None:
     units = stage.units(run)
     if not units:
         return
-    if stage.per_unit_log:
+    if stage.per_unit_log and not getattr(executor, "parallel", False):
         done = []
         for unit in units:
             with run.log.stage(stage.name, unit.label) as event:
@@ -295,8 +315,22 @@ def _execute(stage: Stage, run: RunState, units: list[Unit], executor: Executor)
         results[index] = Done(unit, result, False)
 
     indexed = [_Indexed(i, units[i]) for i in todo]
-    executor.run(indexed, lambda item: stage.run_unit(run, item.unit), lambda item, r: finished(item.index, r))
+    executor.run(indexed, _UnitWork(stage, run), lambda item, r: finished(item.index, r))
     return [results[i] for i in range(len(units))]
+
+
+@dataclass
+class _UnitWork:
+    """How an executor runs a unit: here (`__call__`), or elsewhere from plain specs (`remote`)."""
+
+    stage: Stage
+    run: RunState
+
+    def __call__(self, item: _Indexed) -> Any:
+        return self.stage.run_unit(self.run, item.unit)
+
+    def remote(self, item: _Indexed) -> Any:
+        return self.stage.remote_unit(self.run, item.unit)
 
 
 @dataclass
