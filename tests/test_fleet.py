@@ -204,3 +204,29 @@ def test_bench_fleet_reports_devices_and_group_and_isolates_an_unreachable_one(
     assert group["median_p50_ms"] > 0
     assert list(document["failed"]) == ["lab.board-off"]
     assert "fleets (median of the devices' p50)" in captured.out and "board-off" in captured.out
+
+
+@pytest.mark.heavy
+def test_pipeline_benchmarks_a_fleet_per_device_with_a_group_row(ssh_server, second_server, small_cnn_file,
+                                                                  tmp_path):
+    from toolchain.config import load_config
+    from toolchain.pipeline import run_pipeline
+
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(ssh_server.host_key_line + "\n" + second_server.host_key_line + "\n")
+    devices = ", ".join(f'{{name = "{name}", host = "127.0.0.1", port = {server.port}, '
+                        f'identity = "{server.identity_file}"}}'
+                        for name, server in (("a", ssh_server), ("b", second_server)))
+    write_fleet_profile(tmp_path / "profiles", "lab", f"devices = [{devices}]",
+                        f'user = "{ssh_server.user}"\npython = "{sys.executable}"\nknown_hosts = "{known_hosts}"')
+    pipeline = tmp_path / "pipeline.toml"
+    pipeline.write_text(
+        f'[model]\npath = "{small_cnn_file}"\n[export]\nformats = ["onnx"]\n[export.onnx]\nrecipes = ["fp32"]\n'
+        f'[verify]\nenabled = false\n[report]\nenabled = false\n[bench]\ntargets = ["lab"]\n'
+        f'targets_dir = "{tmp_path / "profiles"}"\nmin_runs = 5\nmin_seconds = 0\n')
+    config, raw = load_config(pipeline)
+    result = run_pipeline(config, raw, tmp_path / "run", quiet=True)
+    assert sorted((r["target"], r["fleet"]) for r in result.bench["results"]) == [("lab.a", "lab"), ("lab.b", "lab")]
+    [group] = result.bench["groups"]
+    assert group["fleet"] == "lab" and group["devices"] == 2 and sorted(group["p50_ms"]) == ["a", "b"]
+    assert sorted(result.manifest["artifacts"][0]["bench"]) == ["lab.a", "lab.b"]
