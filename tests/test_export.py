@@ -251,6 +251,15 @@ def test_cli_export_rejects_bad_options(multi_io_files, tmp_path, capsys):
         (["--recipe", "int8", "-o", str(tmp_path / "a.tflite")], "recipe 'int8' needs calibration data"),
         (["--target", str(tmp_path / "nope.toml"), "-o", str(tmp_path / "a.tflite")],
          "target profile file not found"),
+        (["--keep-float", "conv", "-o", str(tmp_path / "a.tflite")],
+         "--keep-float does not apply to tflite recipe 'fp32': it has no quantized layers"),
+        (["--recipe", "int8", "--keep-float", "conv", "-o", str(tmp_path / "a.tflite")],
+         "--keep-float cannot be applied to tflite recipe 'int8': selective quantization"),
+        (["--no-per-channel", "-o", str(tmp_path / "a.tflite")], "--no-per-channel applies to ONNX only"),
+        (["--calibration-method", "entropy", "-o", str(tmp_path / "a.tflite")],
+         "--calibration-method applies to ONNX only"),
+        (["-f", "onnx", "--calibration-method", "median", "-o", str(tmp_path / "a.onnx")],
+         "--calibration-method must be one of minmax, entropy, percentile, got 'median'"),
     ]
     for args, message in cases:
         assert main(["export", model, *args]) == 2, args

@@ -75,9 +75,23 @@ def test_only_needs_every_earlier_cached_unit_before_writing(toy_stage, small_cn
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
 
 
-def test_log_json_names_the_toy_stage(toy_stage, small_cnn_file, tmp_path, capsys):
+class CountingExecutor(InProcessExecutor):
+    """An executor of our own: the loop hands it every unit that is not in the cache."""
+
+    def __init__(self):
+        self.labels = []
+
+    def run(self, units, work, on_done):
+        self.labels += [item.unit.label for item in units]
+        super().run(units, work, on_done)
+
+
+def test_log_json_names_the_toy_stage_and_units_go_through_the_executor(toy_stage, small_cnn_file, tmp_path,
+                                                                         capsys):
     config, raw = tiny_config(small_cnn_file, tmp_path / "run")
-    run_pipeline(config, raw, log_json=True)
+    executor = CountingExecutor()
+    run_pipeline(config, raw, log_json=True, executor=executor)
+    assert executor.labels == ["tflite fp32", "cnn.fp32.tflite", "", "unmeasured targets"]  # export .. estimate
     events = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     assert {"stage": "toy", "detail": "", "status": "done"}.items() <= next(
         e for e in events if e["stage"] == "toy" and e["status"] == "done").items()

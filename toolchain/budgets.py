@@ -18,8 +18,7 @@ from pydantic import ValidationError
 
 from .config import BudgetLimits, BudgetsSection, _did_you_mean, format_validation_error
 from .errors import BudgetError, ConfigError
-
-BUDGETS_SCHEMA_VERSION = "1.0"
+from .records import BUDGETS_SCHEMA_VERSION
 
 # metric name, limit key, comparison, unit
 METRICS = (

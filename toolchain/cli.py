@@ -207,6 +207,16 @@ def export_command(
     allow_flex: Annotated[
         bool, typer.Option("--allow-flex", help="TFLite: allow Flex (TF Select) ops.")
     ] = False,
+    keep_float: Annotated[
+        list[str] | None,
+        typer.Option("--keep-float", help="Keras layer left in float (repeatable; int8-float-io, ONNX dynamic/int8)."),
+    ] = None,
+    per_channel: Annotated[
+        bool, typer.Option("--per-channel/--no-per-channel", help="ONNX int8: one scale per output channel.")
+    ] = True,
+    calibration_method: Annotated[
+        str, typer.Option("--calibration-method", help="ONNX int8: minmax (default), entropy or percentile.")
+    ] = "minmax",
     target: Annotated[
         list[str] | None,
         typer.Option("--target", help="Target profile whose own runtime must load and run it (repeatable)."),
@@ -226,6 +236,7 @@ def export_command(
     result = export_artifact(
         model, output, fmt=fmt, recipe=recipe, batch_size=parse_batch(batch),
         opset=DEFAULT_ONNX_OPSET if opset is None else opset, nchw=nchw, allow_flex=allow_flex,
+        keep_float=keep_float, per_channel=per_channel, calibration_method=calibration_method,
         targets=target, data=data, trust=trust_model,
     )
     if as_json:

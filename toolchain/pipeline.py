@@ -149,7 +149,8 @@ def run_pipeline(
 
     Inputs are validated before anything is written: a bad model, data file, target or
     --only value leaves the run directory untouched. Then the run directory is locked and
-    each stage result is taken from the cache when its inputs did not change.
+    each stage result is taken from the cache when its inputs did not change. `executor`
+    runs the stages' units of work (default: in this process).
     """
     console = console or Console(stderr=True)
     log = StageLog(console, quiet, json_lines=log_json)

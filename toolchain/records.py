@@ -1,6 +1,7 @@
 """Typed results of the pipeline's stages; JSON only at the edges (cache records, result files).
 
-verify.json and bench.json are dumps of VerifyDocument and BenchDocument; their JSON
+verify.json, bench.json and budgets.json are dumps of VerifyDocument, BenchDocument and
+BudgetsDocument; their JSON
 schemas (toolchain/schemas/*.schema.json) are generated from these models
 (`python -m toolchain.records` rewrites them; a test checks they are current).
 """
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 VERIFY_SCHEMA_VERSION = "1.0"
 BENCH_SCHEMA_VERSION = "1.0"
+BUDGETS_SCHEMA_VERSION = "1.0"
 
 
 class Record(BaseModel):
@@ -134,7 +136,54 @@ class BenchDocument(Record):
     failed: dict[str, str] | None = None  # device target -> why it has no rows
 
 
-SCHEMAS = {"verify": VerifyDocument, "bench": BenchDocument}
+class BudgetValues(Record):
+    """What the budgets look at for one artifact on one target (None: not measured)."""
+
+    threads: int | None
+    throttled: bool
+    p90_latency_ms: float | None
+    peak_memory_mb: float | None
+    file_size_mb: float
+    accuracy: float | None
+    accuracy_drop: float | None
+
+
+class BudgetCheck(Record):
+    metric: str
+    value: float | None
+    limit: float
+    comparison: Literal["<=", ">="]
+    source: str  # "pipeline budget" or "target '<name>' budget"
+    passed: bool
+    reason: str
+
+
+class BudgetResult(Record):
+    """One artifact on one target against every limit that applies."""
+
+    artifact: str
+    format: str
+    recipe: str
+    target: str
+    threads: int | None
+    throttled: bool
+    values: BudgetValues
+    passed: bool
+    checks: list[BudgetCheck]
+    failures: list[str]
+
+
+class BudgetsDocument(Record):
+    """budgets.json"""
+
+    schema_version: str = BUDGETS_SCHEMA_VERSION
+    limits: dict[str, Any]
+    release_candidate: str | None
+    release_candidate_passed: bool | None
+    results: list[BudgetResult]
+
+
+SCHEMAS = {"verify": VerifyDocument, "bench": BenchDocument, "budgets": BudgetsDocument}
 
 
 def json_schema(name: str) -> dict[str, Any]:

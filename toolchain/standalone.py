@@ -16,9 +16,7 @@ from .data import Dataset, load_npz
 from .errors import ConfigError, DataError, ModelLoadError, ParityError
 from .fileio import sha256_file
 from .keras_io import input_signature, load_model, run_keras
-from .recipes import all_recipe_names, is_calibrated, recipe_names
-
-FORMATS = ("tflite", "onnx")
+from .recipes import all_recipe_names
 
 
 def parse_batch(value: str) -> int | None:
@@ -44,40 +42,31 @@ def export_artifact(
     opset: int = DEFAULT_ONNX_OPSET,
     nchw: bool = False,
     allow_flex: bool = False,
+    keep_float: list[str] | None = None,
+    per_channel: bool = True,
+    calibration_method: str = "minmax",
     targets: list[str] | None = None,
     data: Path | None = None,
     trust: bool = False,
 ) -> dict[str, Any]:
-    """Export, then (with `targets`) load and run it in each target's runtime.
+    """Export (the pipeline's export path, toolchain.export), then check it in each target's runtime.
 
     The artifact is written beside `output` under a temporary name and renamed into place
     only when every target accepted it: a rejected artifact leaves no file behind.
     """
     from .artifact_info import describe
-    from .stages.compat import SAMPLES, check_compat, raise_on_incompatible
-    from .stages.export_onnx import export_onnx
-    from .stages.export_tflite import export_tflite
-    from .stages.quantize_onnx import quantize_onnx
-    from .stages.verify import run_artifact
+    from .export import ExportOptions, export_model
 
-    if fmt not in FORMATS:
-        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    options = ExportOptions(fmt, recipe, batch_size, opset=opset, nchw=nchw, allow_flex=allow_flex,
+                            keep_float=tuple(keep_float or ()), per_channel=per_channel,
+                            calibration_method=calibration_method)
+    options.check()
     if output.suffix != f".{fmt}":
         raise ConfigError(f"output path must end with .{fmt} for --format {fmt}, got {output}")
-    recipes = recipe_names(fmt)
-    if recipe not in recipes:
-        raise ConfigError(f"unknown {fmt} recipe {recipe!r}; choose one of {', '.join(recipes)}")
-    if nchw and fmt != "onnx":
-        raise ConfigError("--nchw applies to ONNX only (TFLite kernels are channels-last)")
-    if opset != DEFAULT_ONNX_OPSET and fmt != "onnx":
-        raise ConfigError("--opset applies to ONNX only")
-    if allow_flex and fmt != "tflite":
-        raise ConfigError("--allow-flex applies to TFLite only")
     profiles = [profile_by_name_or_path(name) for name in targets or []]
     model = load_model(model_path, trust=trust)
     dataset = load_npz(data, input_signature(model)) if data else None
-    calibrated = is_calibrated(fmt, recipe)
-    if calibrated and dataset is None:
+    if options.calibrated and dataset is None:
         raise DataError(f"recipe {recipe!r} needs calibration data: pass --data DATA.npz")
     metadata = {"edge_toolchain_version": __version__, "source_model_sha256": sha256_file(model_path),
                 "recipe": recipe}
@@ -86,32 +75,30 @@ def export_artifact(
     os.close(handle)
     tmp = Path(tmp_name)
     try:
-        if fmt == "tflite":
-            export_tflite(model, tmp, recipe=recipe, batch_size=batch_size,
-                          calibration=dataset if calibrated else None, metadata=metadata,
-                          allow_flex=allow_flex)
-        elif recipe == "fp32":
-            export_onnx(model, tmp, batch_size=batch_size, opset=opset, metadata=metadata, nchw=nchw)
-        else:
-            with tempfile.TemporaryDirectory(dir=output.parent, prefix=".export-") as work:
-                float_onnx = export_onnx(model, Path(work) / "float.onnx", batch_size=batch_size,
-                                         opset=opset, metadata=metadata, nchw=nchw)
-                quantize_onnx(float_onnx, tmp, recipe=recipe, calibration=dataset if calibrated else None,
-                              batch_size=batch_size, metadata=metadata)
-        compat: dict[str, Any] = {}
-        if profiles:
-            sample = dataset.head(SAMPLES) if dataset else _random_inputs(model, SAMPLES)
-            host = run_artifact(tmp, sample.inputs)
-            compat = {p.name: check_compat(tmp, p, sample.inputs, host, recipe=recipe) for p in profiles}
-            for record in compat.values():
-                record["summary"] = record["summary"].replace(str(tmp), str(output))
-            raise_on_incompatible(output.name, compat)
+        export_model(model, tmp, options, calibration=dataset, metadata=metadata)
+        compat = _check_targets(tmp, output, profiles, dataset, model, recipe)
         os.replace(tmp, output)
     finally:
         if tmp.exists():
             tmp.unlink()
-    info = describe(output)
-    return {"path": str(output), "format": fmt, "recipe": recipe, "info": info, "compat": compat}
+    return {"path": str(output), "format": fmt, "recipe": recipe, "info": describe(output), "compat": compat}
+
+
+def _check_targets(tmp: Path, output: Path, profiles: list[Any], dataset: Dataset | None, model: Any,
+                   recipe: str) -> dict[str, Any]:
+    """Each target's own runtime loads and runs the artifact (stages/compat.py); rejections raise."""
+    from .stages.compat import SAMPLES, check_compat, raise_on_incompatible
+    from .stages.verify import run_artifact
+
+    if not profiles:
+        return {}
+    sample = dataset.head(SAMPLES) if dataset else _random_inputs(model, SAMPLES)
+    host = run_artifact(tmp, sample.inputs)
+    compat = {p.name: check_compat(tmp, p, sample.inputs, host, recipe=recipe) for p in profiles}
+    for record in compat.values():
+        record["summary"] = record["summary"].replace(str(tmp), str(output))
+    raise_on_incompatible(output.name, compat)
+    return compat
 
 
 def verify_file(

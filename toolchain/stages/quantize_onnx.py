@@ -35,6 +35,27 @@ def quantize_onnx(
 ) -> Path:
     """Write the `recipe` version of the fp32 ONNX file `float_model` to `filepath`."""
     filepath = Path(filepath)
+    _check_arguments(filepath, recipe, calibration, calibration_method, keep_float)
+    import onnx
+
+    source = onnx.load(str(float_model), load_external_data=False)
+    if calibration is not None:
+        calibration = channels_first(calibration, nchw_inputs(source))
+    model = _convert(Path(float_model), recipe, calibration, batch_size, per_channel, calibration_method,
+                     keep_float or [])
+    inherited = {p.key: p.value for p in source.metadata_props if p.key != "onnx.quant.pre_process"}
+    _set_metadata(model, {**inherited, **(metadata or {}), "recipe": recipe})
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:
+        raise StageError(f"ONNX {recipe} quantization produced an invalid model: {e}") from e
+    with atomic_output(filepath) as tmp:
+        onnx.save(model, str(tmp))
+    return filepath
+
+
+def _check_arguments(filepath: Path, recipe: str, calibration: Dataset | None, calibration_method: str,
+                     keep_float: list[str] | None) -> None:
     if filepath.suffix != ".onnx":
         raise ConfigError(f"ONNX output path must end with .onnx, got {filepath}")
     if recipe not in recipe_names("onnx") or recipe == "fp32":
@@ -47,40 +68,31 @@ def quantize_onnx(
             f"unknown calibration method {calibration_method!r}; choose one of {', '.join(CALIBRATION_METHODS)}"
         )
     if is_calibrated("onnx", recipe) and calibration is None:
-        raise DataError("ONNX recipe 'int8' needs calibration data; set [data.calibration] source")
+        raise DataError(f"ONNX recipe {recipe!r} needs calibration data; set [data.calibration] source")
     refused = RECIPES["onnx", recipe].keep_float_refused
     if keep_float and refused:
         raise ConfigError(refused)
+
+
+def _convert(float_model: Path, recipe: str, calibration: Dataset | None, batch_size: int | None,
+             per_channel: bool, calibration_method: str, keep_float: list[str]) -> Any:
+    """The converted model in memory; a converter failure is a StageError quoting its first line."""
     import onnx
 
-    source = onnx.load(str(float_model), load_external_data=False)
-    if calibration is not None:
-        calibration = channels_first(calibration, nchw_inputs(source))
     with tempfile.TemporaryDirectory(prefix="quantize-onnx.") as work:
-        work_dir = Path(work)
         try:
             if recipe == "fp16":
-                model = _to_fp16(onnx.load(str(float_model)))
-            else:
-                model = _quantize(Path(float_model), work_dir, recipe, calibration, batch_size,
-                                  per_channel, calibration_method, keep_float or [])
+                return _to_fp16(onnx.load(str(float_model)))
+            return _quantize(float_model, Path(work), recipe, calibration, batch_size, per_channel,
+                             calibration_method, keep_float)
         except (ConfigError, DataError):
             raise
         except Exception as e:
             text = str(e).strip()
             raise StageError(
-                f"ONNX {recipe} quantization of {Path(float_model).name} failed: "
+                f"ONNX {recipe} quantization of {float_model.name} failed: "
                 f"{text.splitlines()[0][:400] if text else type(e).__name__}"
             ) from e
-    inherited = {p.key: p.value for p in source.metadata_props if p.key != "onnx.quant.pre_process"}
-    _set_metadata(model, {**inherited, **(metadata or {}), "recipe": recipe})
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except Exception as e:
-        raise StageError(f"ONNX {recipe} quantization produced an invalid model: {e}") from e
-    with atomic_output(filepath) as tmp:
-        onnx.save(model, str(tmp))
-    return filepath
 
 
 def nchw_inputs(model: Any) -> list[str]:

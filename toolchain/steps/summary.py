@@ -4,26 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..fileio import atomic_write_json
+from ..records import BudgetsDocument
 from .base import RunState, Stage
 
 
 class BudgetsStage(Stage):
     name = "budgets"
+    result_type = BudgetsDocument
 
-    def run_unit(self, run: RunState, unit: Any) -> dict[str, Any]:
+    def run_unit(self, run: RunState, unit: Any) -> BudgetsDocument:
         from ..budgets import evaluate_budgets, profile_limits
         from ..config import find_profile
 
         config = run.config
         target_budgets = {t: profile_limits(find_profile(t, run.context.profile_dirs)) for t in config.bench.targets}
-        document = evaluate_budgets(run.manifest, config.budgets, target_budgets)
-        atomic_write_json(run.run_dir / "budgets.json", document)
-        return document
+        return BudgetsDocument.model_validate(evaluate_budgets(run.manifest, config.budgets, target_budgets))
 
     def finish(self, run: RunState, done: list[Any]) -> None:
-        run.documents["budgets"] = done[0].result
-        run.manifest["files"]["budgets"] = "budgets.json"
+        run.write_document("budgets", done[0].result)
 
 
 class EstimateStage(Stage):
