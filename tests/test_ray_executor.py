@@ -98,6 +98,9 @@ def test_pipeline_on_two_nodes_matches_in_process_byte_for_byte(cluster, small_c
         {a["name"]: a["verify"]["verdict"] for a in local.manifest["artifacts"]}
     units = [e for e in events if "node" in e]
     assert sorted(e["stage"] for e in units) == ["export"] * 4 + ["verify"] * 4
+    assert all(e["status"] == "done" for e in units)
+    queued = [e for e in events if e.get("status") == "queued"]
+    assert sorted((e["stage"], e["unit"]) for e in queued) == sorted((e["stage"], e["unit"]) for e in units)
     assert all(e["node"].startswith("127.0.0.1/") for e in units)
     assert len({e["node"] for e in units}) == 2, "units ran on one node only"
     leftovers = [p for p in (tmp_path / "ray").rglob(".*")

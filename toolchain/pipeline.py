@@ -94,9 +94,9 @@ class StageLog:
             self.console.print(f"[green]✓[/] {label} [dim]({note})[/]")
 
     def unit_event(self, event: dict[str, Any]) -> None:
-        """A unit done on a cluster node: a JSON line, or a console line naming the node."""
+        """A unit queued on the cluster, or done on a node: a JSON line; done units also a console line."""
         self._emit(**event)
-        if not (self.quiet or self.json_lines):
+        if event["status"] == "done" and not (self.quiet or self.json_lines):
             self.console.print(f"  [green]·[/] {event['unit']} [dim](on {event['node']})[/]", highlight=False)
 
     def skip(self, name: str, detail: str = "", reason: str = "") -> None:

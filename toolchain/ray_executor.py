@@ -125,6 +125,8 @@ class RayExecutor:
         self.connect()
         self._stage = getattr(getattr(work, "stage", None), "name", "")
         pending = {self._submit(spec): (item, spec) for item, spec in remote}
+        for item, _ in remote:
+            self._event(item, "queued")
         InProcessExecutor().run([item for item, _ in local], work, on_done)
         self._collect(pending, on_done)
 
@@ -155,10 +157,13 @@ class RayExecutor:
                 item, spec = pending[ref]
                 answer = self._get(ref, item)
                 self._write(spec, answer, item)
-                if self.on_event is not None:
-                    self.on_event({"stage": self._stage, "unit": getattr(item.unit, "label", ""),
-                                   "status": "done", "node": answer["node"]})
+                self._event(item, "done", answer["node"])
                 on_done(item, answer["result"])
+
+    def _event(self, item: Any, status: str, node: str | None = None) -> None:
+        if self.on_event is not None:
+            event = {"stage": self._stage, "unit": getattr(item.unit, "label", ""), "status": status}
+            self.on_event({**event, "node": node} if node else event)
 
     def _get(self, ref: Any, item: Any) -> dict[str, Any]:
         ray = import_ray()
