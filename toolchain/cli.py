@@ -65,7 +65,7 @@ def run(
     ] = False,
     executor: Annotated[
         str | None, typer.Option("--executor", metavar="BACKEND", help=(
-            "Where export and verify units run: inprocess or ray (default: [execution] backend)."))
+            "Where export and verify units run: inprocess or ray (default: the pipeline's execution.backend)."))
     ] = None,
     ray_address: Annotated[
         str | None, typer.Option("--ray-address", help="Ray cluster: auto, HOST:PORT or ray://HOST:10001.")
