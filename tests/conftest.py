@@ -305,4 +305,20 @@ def residual_cnn_file(tmp_path_factory) -> Path:
     outputs = keras.layers.Dense(4, activation="softmax", name="scores")(x)
     path = tmp_path_factory.mktemp("models") / "residual_cnn_with_a_long_descriptive_name.keras"
     keras.Model(inputs, outputs, name="residual_cnn").save(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_file(tmp_path_factory) -> Path:
+    """A one-op ONNX model (x[1, 8] -> relu), built directly: milliseconds per benchmark on any runtime."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
+    onnx.save(model, path)
     return path

@@ -66,6 +66,13 @@ def run(
     log_json: Annotated[
         bool, typer.Option("--log-json", help="Progress as one JSON object per line on stderr.")
     ] = False,
+    executor: Annotated[
+        str | None, typer.Option("--executor", metavar="BACKEND", help=(
+            "Where export and verify units run: inprocess or ray (default: the pipeline's execution.backend)."))
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="Ray cluster: auto, HOST:PORT or ray://HOST:10001.")
+    ] = None,
 ) -> None:
     """Run a pipeline: export, verify, benchmark, check budgets and report."""
     from .config import load_config
@@ -74,6 +81,7 @@ def run(
 
     try:
         config, raw = load_config(pipeline)
+        config = _with_execution(config, executor, ray_address)
         result = run_pipeline(config, raw, out_dir, console=err, quiet=quiet, force=force, only=only,
                               log_json=log_json)
     except ToolchainError as e:  # CI still gets a JUnit file, with the error in it
@@ -84,6 +92,29 @@ def run(
     if junit:
         write_junit(junit, result.budgets)
     _print_summary(result, quiet)
+
+
+def _with_execution(config: Any, backend: str | None, address: str | None) -> Any:
+    """--executor / --ray-address over the pipeline's [execution]."""
+    from .config import ExecutionSection
+    from .errors import InputError
+
+    if backend is not None and backend not in ("inprocess", "ray"):
+        raise InputError(f"--executor must be inprocess or ray, got {backend!r}")
+    if backend is None and address is None:
+        return config
+    values = config.execution.model_dump()
+    values.update({k: v for k, v in (("backend", backend), ("ray_address", address)) if v is not None})
+    if address is not None and values["backend"] != "ray":
+        raise InputError("--ray-address needs --executor ray (or [execution] backend = \"ray\")")
+    from pydantic import ValidationError
+
+    try:
+        execution = ExecutionSection.model_validate(values)
+    except ValidationError as e:
+        raise InputError(f"--ray-address {address!r} is not an address: give auto, HOST:PORT or "
+                         "ray://HOST:10001") from e
+    return config.model_copy(update={"execution": execution})
 
 
 @app.command()
@@ -410,11 +441,18 @@ def targets_show(
 BENCH_KINDS = {"artifact": "name", "target": "name", "backend": "text", "notes": "text"}  # the rest: numbers
 
 
-def _print_bench(results: list[dict[str, Any]]) -> None:
+GROUP_KINDS = {"artifact": "name", "fleet": "name", "outliers": "text", "failed": "text"}  # the rest: numbers
+
+
+def _print_bench(results: list[dict[str, Any]], document: dict[str, Any]) -> None:
+    from .fleet import GROUP_COLUMNS, group_table_rows
     from .stages.bench import COMPARISON_COLUMNS, comparison_rows
 
     columns = [Column(key, title, BENCH_KINDS.get(key, "number")) for key, title in COMPARISON_COLUMNS]
     print_rows(out, "benchmark (latency per inference)", columns, comparison_rows(results))
+    if document.get("groups"):
+        columns = [Column(key, title, GROUP_KINDS.get(key, "number")) for key, title in GROUP_COLUMNS]
+        print_rows(out, "fleets (median of the devices' p50)", columns, group_table_rows(document["groups"]))
 
 
 @app.command()
@@ -436,19 +474,14 @@ def bench(
 ) -> None:
     """Benchmark artifacts on one or more targets (in parallel) and print a comparison table."""
     from .config import find_profile
-    from .errors import InputError
     from .fileio import atomic_write_json
+    from .fleet import expand_targets
     from .stages.bench import bench_document, run_benchmarks
 
-    counts = None
-    if threads is not None:
-        try:
-            counts = [int(t) for t in threads.split(",")]
-        except ValueError:
-            counts = []
-        if not counts or any(c < 1 for c in counts):
-            raise InputError(f"--threads must be comma-separated positive integers like 1,4; got {threads!r}")
-    profiles = [find_profile(name, targets_dir) for name in (target or ["local"])]
+    counts = _thread_counts(threads)
+    given = [find_profile(name, targets_dir) for name in (target or ["local"])]
+    profiles, fleet_of = expand_targets(given)
+    failures: dict[str, str] | None = {} if fleet_of else None
     overrides = {"min_runs": min_runs, "min_seconds": min_seconds, "max_seconds": max_seconds,
                  "timeout_seconds": timeout}
 
@@ -459,16 +492,46 @@ def bench(
                       + (" (EMULATED timing, not a device figure)" if record.get("connection") == "emulated" else ""),
                       highlight=False)
 
-    results = run_benchmarks(artifacts, profiles, counts, None, progress, overrides=overrides, inputs=inputs)
+    results = run_benchmarks(artifacts, profiles, counts, None, progress, overrides=overrides, inputs=inputs,
+                             failures=failures, fleet_of=fleet_of)
     document = bench_document(results)
+    if fleet_of:
+        document.update(_fleet_sections(given, results, fleet_of, failures or {}))
     if out_file is not None:
         atomic_write_json(out_file, document)
     if as_json:
         print(json.dumps(document, indent=2))
-        return
-    _print_bench(results)
-    if out_file is not None:
-        out.print(f"wrote {out_file}")
+    else:
+        _print_bench(results, document)
+        if out_file is not None:
+            out.print(f"wrote {out_file}")
+    if failures:
+        from .errors import TargetError
+
+        raise TargetError(f"{len(failures)} device(s) failed, the others were measured: "
+                          + "; ".join(failures.values()))
+
+
+def _thread_counts(threads: str | None) -> list[int] | None:
+    from .errors import InputError
+
+    if threads is None:
+        return None
+    try:
+        counts = [int(t) for t in threads.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or any(c < 1 for c in counts):
+        raise InputError(f"--threads must be comma-separated positive integers like 1,4; got {threads!r}")
+    return counts
+
+
+def _fleet_sections(given: list[Any], results: list[dict[str, Any]], fleet_of: dict[str, str],
+                    failures: dict[str, str]) -> dict[str, Any]:
+    from .fleet import group_rows
+
+    ratios = {p.name: p.fleet.outlier_ratio for p in given if p.fleet is not None}
+    return {"groups": group_rows(results, fleet_of, failures, ratios), "failed": failures or None}
 
 
 emulator_app = typer.Typer(help="A Raspberry Pi without a Pi: the Pi's own aarch64 runtimes under QEMU.",

@@ -259,6 +259,17 @@ class TruncateSection(Section):
         return self
 
 
+class ExecutionSection(Section):
+    """Where units of work run: in this process (default), or as tasks on a Ray cluster."""
+
+    backend: Literal["inprocess", "ray"] = "inprocess"
+    ray_address: str | None = Field(default=None, pattern=r"^(auto|local|(ray://)?[A-Za-z0-9_.:\[\]-]+)$")
+    max_retries: int = Field(default=2, ge=0, le=10)  # a unit whose worker died runs again, at most this often
+    cpus_per_unit: float = Field(default=1.0, gt=0)
+    memory_mb_per_unit: int | None = Field(default=None, ge=1)  # default: sized from the model file
+    connect_timeout_seconds: float = Field(default=60.0, gt=0)
+
+
 class PipelineConfig(Section):
     model: ModelSection
     data: DataSection = Field(default_factory=DataSection)
@@ -271,6 +282,7 @@ class PipelineConfig(Section):
     output: OutputSection = Field(default_factory=OutputSection)
     truncate: TruncateSection | None = None
     optimize: OptimizeSection | None = None
+    execution: ExecutionSection = Field(default_factory=ExecutionSection)
 
     @property
     def model_name(self) -> str:
@@ -437,7 +449,8 @@ def _did_you_mean(word: str, candidates: list[str]) -> str:
 class ConnectionSection(Section):
     """How to reach the device. `ssh` uses the system OpenSSH client (honours ~/.ssh/config)."""
 
-    kind: Literal["local", "ssh", "emulated"] = "local"
+    # fleet: a group of SSH devices ([fleet] lists them); the other keys here are shared by all
+    kind: Literal["local", "ssh", "emulated", "fleet"] = "local"
     host: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:\[\]%-]+$")  # name, IP or ssh_config alias
     user: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
     port: int | None = Field(default=None, ge=1, le=65535)
@@ -508,6 +521,35 @@ class TargetBudgets(Section):
     max_accuracy_drop: float | None = Field(default=None, ge=0, le=1)  # vs Keras fp32, 0.01 = 1 pt
 
 
+class FleetDevice(Section):
+    """One board of a fleet; unset keys come from the profile's [connection]."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    host: str = Field(pattern=r"^[A-Za-z0-9_.:\[\]%-]+$")
+    user: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+    port: int | None = Field(default=None, ge=1, le=65535)
+    identity: PathValue | None = None
+    python: str | None = None
+
+
+class FleetSection(Section):
+    """The devices of a group target: listed here, or a group of an Ansible-style inventory."""
+
+    devices: list[FleetDevice] = Field(default_factory=list)
+    inventory: PathValue | None = None  # INI or YAML inventory file (relative to the profile)
+    group: str | None = None  # the inventory group (default: the profile's name)
+    # a device whose p50 is this many times the group median (or 1/x of it) is flagged an outlier
+    outlier_ratio: float = Field(default=1.25, gt=1)
+
+    @model_validator(mode="after")
+    def _devices_or_inventory(self) -> FleetSection:
+        if not self.devices and self.inventory is None:
+            raise ValueError("a fleet needs 'devices' or an 'inventory' file")
+        if self.group is not None and self.inventory is None:
+            raise ValueError("'group' names a group of the 'inventory' file; set inventory too")
+        return self
+
+
 class TargetProfile(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
@@ -517,6 +559,13 @@ class TargetProfile(Section):
     threads: list[int] = Field(default_factory=lambda: [1], min_length=1)
     bench: ProfileBenchSection = Field(default_factory=ProfileBenchSection)
     budgets: TargetBudgets = Field(default_factory=TargetBudgets)
+    fleet: FleetSection | None = None
+
+    @model_validator(mode="after")
+    def _fleet_kind(self) -> TargetProfile:
+        if (self.connection.kind == "fleet") != (self.fleet is not None):
+            raise ValueError("a [fleet] section and connection.kind = 'fleet' go together")
+        return self
 
     @field_validator("threads")
     @classmethod
@@ -564,6 +613,11 @@ def load_profile(path: Path) -> TargetProfile:
         if value is not None:
             value = value.expanduser()
             setattr(profile.connection, key, value if value.is_absolute() else base / value)
+    if profile.fleet is not None:
+        for holder, key in [(profile.fleet, "inventory"), *[(d, "identity") for d in profile.fleet.devices]]:
+            value = getattr(holder, key)
+            if value is not None:
+                setattr(holder, key, (base / value.expanduser()).resolve())
     return profile
 
 

@@ -21,6 +21,7 @@ from .config import PipelineConfig, config_sha256, find_profile
 from .errors import ToolchainError
 from .executor import Executor, InProcessExecutor
 from .fileio import os_error, sha256_file
+from .fleet import expand_targets
 from .keras_io import input_signature, load_model, output_signature
 from .manifest import new_manifest, write_manifest
 from .rerun import check_only, missing_cached, read_json, replay_run, run_key, stage_mode, store_run
@@ -92,6 +93,12 @@ class StageLog:
             note = "cached" if event.cached else f"{seconds:.1f} s"
             self.console.print(f"[green]✓[/] {label} [dim]({note})[/]")
 
+    def unit_event(self, event: dict[str, Any]) -> None:
+        """A unit queued on the cluster, or done on a node: a JSON line; done units also a console line."""
+        self._emit(**event)
+        if event["status"] == "done" and not (self.quiet or self.json_lines):
+            self.console.print(f"  [green]·[/] {event['unit']} [dim](on {event['node']})[/]", highlight=False)
+
     def skip(self, name: str, detail: str = "", reason: str = "") -> None:
         label = f"{name} {detail}".strip()
         self.records.append({"name": label, "stage": name, "status": "skipped", "seconds": 0.0, "cached": False})
@@ -115,6 +122,7 @@ class RunContext:
     profiles: list[Any] = field(default_factory=list)
     profile_dirs: list[Path] | None = None
     executor: Executor = field(default_factory=InProcessExecutor)
+    fleet_of: dict[str, str] = field(default_factory=dict)  # device target -> its fleet (fleet.py)
 
     def mode(self, stage: str) -> str:
         """'run', 'cached' or 'skip' for a stage's --only name."""
@@ -149,7 +157,7 @@ def run_pipeline(
     run_dir = Path(out_dir or config.output.dir).resolve()
     lock = RunLock(run_dir)
     lock.check_free()  # a second run on this directory fails at once
-    ctx = _run_context(config, run_dir, lock, force, only, executor)
+    ctx = _run_context(config, run_dir, lock, force, only, executor or _executor(config, log))
 
     key = run_key(ctx.cache, config, ctx.profiles, ctx.profile_dirs) if only is None and not force else None
     if key is not None and replay_run(ctx.cache, key) is not None:
@@ -199,8 +207,9 @@ def _run_context(config: PipelineConfig, run_dir: Path, lock: RunLock, force: bo
                  executor: Executor | None) -> RunContext:
     profile_dirs = [config.bench.targets_dir] if config.bench.targets_dir else None
     profiles = [find_profile(t, profile_dirs) for t in config.bench.targets] if config.bench.enabled else []
+    profiles, fleet_of = expand_targets(profiles)  # a fleet profile becomes one target per board
     return RunContext(StageCache(run_dir, force=force), lock, check_only(only), profiles, profile_dirs,
-                      executor or InProcessExecutor())
+                      executor=executor or InProcessExecutor(), fleet_of=fleet_of)
 
 
 def _source_record(config: PipelineConfig, model: Any) -> dict[str, Any]:
@@ -212,6 +221,18 @@ def _source_record(config: PipelineConfig, model: Any) -> dict[str, Any]:
         "inputs": _tensor_records(input_signature(model)),
         "outputs": _tensor_records(output_signature(model)),
     }
+
+def _executor(config: PipelineConfig, log: StageLog) -> Executor:
+    """[execution] backend: in this process, or Ray (units report the node they ran on)."""
+    execution = config.execution
+    if execution.backend == "inprocess":
+        return InProcessExecutor()
+    from .ray_executor import executor_for
+
+    executor = executor_for(execution.backend, execution.ray_address, execution.max_retries,
+                            execution.connect_timeout_seconds)
+    executor.on_event = log.unit_event
+    return executor
 
 
 def _replay(run_dir: Path, ctx: RunContext, key: str, log: StageLog) -> RunResult | None:
@@ -280,7 +301,7 @@ def _run_stage(stage: Stage, run: RunState, executor: Executor) -> None:
     units = stage.units(run)
     if not units:
         return
-    if stage.per_unit_log:
+    if stage.per_unit_log and not getattr(executor, "parallel", False):
         done = []
         for unit in units:
             with run.log.stage(stage.name, unit.label) as event:
@@ -315,8 +336,22 @@ def _execute(stage: Stage, run: RunState, units: list[Unit], executor: Executor)
         results[index] = Done(unit, result, False)
 
     indexed = [_Indexed(i, units[i]) for i in todo]
-    executor.run(indexed, lambda item: stage.run_unit(run, item.unit), lambda item, r: finished(item.index, r))
+    executor.run(indexed, _UnitWork(stage, run), lambda item, r: finished(item.index, r))
     return [results[i] for i in range(len(units))]
+
+
+@dataclass
+class _UnitWork:
+    """How an executor runs a unit: here (`__call__`), or elsewhere from plain specs (`remote`)."""
+
+    stage: Stage
+    run: RunState
+
+    def __call__(self, item: _Indexed) -> Any:
+        return self.stage.run_unit(self.run, item.unit)
+
+    def remote(self, item: _Indexed) -> Any:
+        return self.stage.remote_unit(self.run, item.unit)
 
 
 @dataclass

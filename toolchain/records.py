@@ -110,6 +110,21 @@ class BenchRecord(Record):
     settings: dict[str, Any]
     environment: dict[str, Any]
     cached: bool | None = None  # in a pipeline run: served from the stage cache
+    fleet: str | None = None  # the fleet target this device belongs to (target is <fleet>.<device>)
+
+
+class FleetGroupRow(Record):
+    """One fleet x artifact x threads: the devices' p50 median and spread, outliers and failed devices."""
+
+    fleet: str
+    artifact: str
+    threads: int
+    devices: int
+    median_p50_ms: float
+    spread: float  # (max - min) / median of the devices' p50
+    p50_ms: dict[str, float]  # device -> p50
+    outliers: list[str]
+    failed: list[str]
 
 
 class BenchDocument(Record):
@@ -117,6 +132,8 @@ class BenchDocument(Record):
 
     schema_version: str = BENCH_SCHEMA_VERSION
     results: list[BenchRecord]
+    groups: list[FleetGroupRow] | None = None  # fleet targets only
+    failed: dict[str, str] | None = None  # device target -> why it has no rows
 
 
 class BudgetValues(Record):

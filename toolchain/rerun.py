@@ -52,7 +52,9 @@ def missing_cached(only: str, stage: str, what: str, run_dir: Path) -> InputErro
 
 def run_key(cache: StageCache, config: PipelineConfig, profiles: list[Any],
             profile_dirs: list[Path] | None = None) -> str:
-    sections = {name: getattr(config, name) for name in type(config).model_fields if name != "output"}
+    # where the run goes and where its units run do not change its results
+    sections = {name: getattr(config, name) for name in type(config).model_fields
+                if name not in ("output", "execution")}
     try:
         known_profiles = {name: file_digest(path) for name, path in list_profiles(profile_dirs).items()}
     except InputError:

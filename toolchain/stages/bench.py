@@ -63,8 +63,17 @@ def run_benchmarks(
     *,
     overrides: dict[str, Any] | None = None,
     inputs: Path | None = None,
+    failures: dict[str, str] | None = None,
+    fleet_of: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """One record per artifact x target x threads; any failure raises one TargetError for all."""
+    """One record per artifact x target x threads; any failure raises one TargetError for all.
+
+    With `failures` (a dict to fill), a target that fails is recorded there (name -> message)
+    and the other targets' records are returned: a fleet reports every device it could measure.
+    Each benchmark holds its board's lease (leases.py) while it runs.
+    """
+    from ..leases import device_lease
+
     for artifact in artifacts:
         if not Path(artifact).is_file():
             raise InputError(f"artifact not found: {artifact}")
@@ -80,7 +89,8 @@ def run_benchmarks(
         results = []
         for artifact in artifacts:
             for count in resolve_threads(profile, settings, threads):
-                answer = target.run(bench_request(Path(artifact), count, used, inputs), used["timeout_seconds"])
+                with device_lease(profile):
+                    answer = target.run(bench_request(Path(artifact), count, used, inputs), used["timeout_seconds"])
                 record = {
                     "artifact": Path(artifact).name,
                     "artifact_sha256": hashes[Path(artifact)],
@@ -102,23 +112,27 @@ def run_benchmarks(
                     "settings": used,
                     "environment": answer["environment"],
                 }
+                if fleet_of and profile.name in fleet_of:
+                    record["fleet"] = fleet_of[profile.name]
                 results.append(record)
                 if on_result:
                     on_result(record)
         return results
 
-    if len(profiles) == 1:
+    if len(profiles) == 1 and failures is None:
         return run_target(profiles[0])
     with ThreadPoolExecutor(max_workers=len(profiles)) as pool:
         futures = [pool.submit(run_target, p) for p in profiles]
         results: list[dict[str, Any]] = []
         errors: list[str] = []
-        for future in futures:
+        for profile, future in zip(profiles, futures, strict=True):
             try:
                 results.extend(future.result())
             except TargetError as e:
                 errors.append(str(e))
-        if errors:
+                if failures is not None:
+                    failures[profile.name] = str(e)
+        if errors and failures is None:
             raise TargetError("; ".join(errors))
         return results
 

@@ -37,6 +37,23 @@ class Unit:
 
 
 @dataclass
+class RemoteUnit:
+    """A unit as another process (a Ray worker) runs it: plain values plus input files by content.
+
+    `function(spec, inputs)` is a module-level function: `inputs` maps names to the bytes of
+    the files in `inputs` here; it returns `(result, outputs)`, `outputs` mapping names to
+    bytes that the driver checks (sha256) and writes atomically to `outputs` here.
+    """
+
+    function: Any
+    spec: Any
+    inputs: dict[str, Path] = field(default_factory=dict)
+    outputs: dict[str, Path] = field(default_factory=dict)
+    cpus: float = 1.0
+    memory_bytes: int = 0  # 0: no memory request
+
+
+@dataclass
 class Done:
     unit: Unit
     result: Any
@@ -66,6 +83,10 @@ class Stage:
 
     def run_unit(self, run: RunState, unit: Unit) -> Any:
         raise NotImplementedError
+
+    def remote_unit(self, run: RunState, unit: Unit) -> RemoteUnit | None:
+        """The unit as plain specs for a worker elsewhere (None: it runs in the driver)."""
+        return None
 
     def finish(self, run: RunState, done: list[Done]) -> None:
         """Join the units' results to the run: records, result files; raise for failures."""

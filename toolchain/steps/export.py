@@ -41,6 +41,11 @@ class ExportStage(Stage):
         export_model(run.model, plan.path, options, calibration=run.run_data.calibration,
                      metadata=provenance(run.manifest, plan.recipe), float_onnx=self._float_onnx(run, plan))
 
+    def remote_unit(self, run: RunState, unit: Unit) -> Any:
+        from ..remote_units import export_remote
+
+        return export_remote(run, unit)
+
     def _float_onnx(self, run: RunState, plan: ArtifactPlan) -> Path | None:
         """The fp32 ONNX file the other ONNX recipes quantize: the fp32 artifact, else one scratch copy."""
         if plan.format != "onnx" or plan.recipe == "fp32":

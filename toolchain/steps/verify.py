@@ -35,12 +35,21 @@ class VerifyStage(Stage):
 
         plan: ArtifactPlan = unit.spec
         sample = self._sample(run)
+        return VerifyResult.model_validate(verify_artifact(plan.path, self._reference(run, sample), sample,
+                                                           tolerance(run.config, plan)))
+
+    def remote_unit(self, run: RunState, unit: Unit) -> Any:
+        from ..remote_units import verify_remote
+
+        sample = self._sample(run)
+        return verify_remote(run, unit, self._reference(run, sample), sample, tolerance(run.config, unit.spec))
+
+    def _reference(self, run: RunState, sample: Any) -> Any:
         if "reference" not in run.memo:  # the Keras model runs only when some artifact is not cached
             from ..keras_io import run_keras
 
             run.memo["reference"] = run_keras(run.model, sample.inputs)
-        return VerifyResult.model_validate(verify_artifact(plan.path, run.memo["reference"], sample,
-                                                           tolerance(run.config, plan)))
+        return run.memo["reference"]
 
     def _sample(self, run: RunState) -> Any:
         if "verify_sample" not in run.memo:

@@ -25,6 +25,10 @@ class Target(Protocol):
 
 
 def open_target(profile: TargetProfile) -> Target:
+    if profile.connection.kind == "fleet":
+        from ..errors import TargetError
+
+        raise TargetError(f"target '{profile.name}' is a fleet; expand it to its devices first (fleet.py)")
     if profile.connection.kind == "ssh":
         return SSHTarget(profile)
     if profile.connection.kind == "emulated":

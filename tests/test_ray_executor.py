@@ -1,0 +1,217 @@
+"""The Ray executor on a real multi-node Ray cluster on 127.0.0.1 (ray.cluster_utils.Cluster).
+
+Two nodes (one CPU each) on loopback; a pipeline's export and verify units run there as Ray
+tasks and must produce the same bytes as an in-process run, sharing its cache. A unit whose
+worker process dies is retried; one that keeps dying, or fails on its own, fails the run
+with the right error; a cluster that is not there is exit 6 within the connect timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# Ray resolves 127.0.0.1 to the machine's outward address unless its cluster mode is off
+# (ray_constants.ENABLE_RAY_CLUSTER): keep all test traffic on loopback. Set before ray loads.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+ray = pytest.importorskip("ray")
+
+from toolchain.cli import main  # noqa: E402
+from toolchain.config import parse_config  # noqa: E402
+from toolchain.errors import DataError, MissingDependencyError, StageError, TargetError  # noqa: E402
+from toolchain.pipeline import run_pipeline  # noqa: E402
+from toolchain.ray_executor import RayExecutor, import_ray, wait_for_nodes  # noqa: E402
+from toolchain.steps.base import RemoteUnit, Unit  # noqa: E402
+
+pytestmark = pytest.mark.heavy
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    node = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False,
+            "object_store_memory": 100 * 1024 * 1024}
+    cluster = Cluster(initialize_head=True, head_node_args={**node, "resources": {"node-head": 1}})
+    cluster.add_node(**node, resources={"node-b": 1})
+    ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
+    # the unit functions below travel by value: workers cannot import this test module
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    wait_for_nodes(2, timeout=120)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+PIPELINE = """
+[model]
+path = "{model}"
+[export]
+formats = ["tflite", "onnx"]
+[export.tflite]
+recipes = ["fp32", "dynamic"]
+[export.onnx]
+recipes = ["fp32", "dynamic"]
+[verify]
+enabled = true
+[bench]
+enabled = false
+[report]
+enabled = false
+"""
+
+
+def pipeline(model: Path, **execution) -> tuple:
+    import tomllib
+
+    text = PIPELINE.format(model=model)
+    if execution:
+        text += "[execution]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in execution.items())
+    raw = tomllib.loads(text)
+    return parse_config(raw), raw
+
+
+def artifacts(run_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((run_dir / "artifacts").iterdir())}
+
+
+def test_pipeline_on_two_nodes_matches_in_process_byte_for_byte(cluster, small_cnn_file, tmp_path, capsys):
+    local_config, local_raw = pipeline(small_cnn_file)
+    local = run_pipeline(local_config, local_raw, tmp_path / "local", quiet=True)
+    config, raw = pipeline(small_cnn_file, backend="ray", ray_address=cluster.address)
+    capsys.readouterr()
+    remote = run_pipeline(config, raw, tmp_path / "ray", log_json=True)
+    events = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+
+    assert artifacts(tmp_path / "ray") == artifacts(tmp_path / "local")
+    assert len(artifacts(tmp_path / "ray")) == 4
+    fields = ("name", "sha256", "bytes", "format", "recipe")
+    assert [{k: a[k] for k in fields} for a in remote.manifest["artifacts"]] == \
+        [{k: a[k] for k in fields} for a in local.manifest["artifacts"]]
+    assert {a["name"]: a["verify"]["verdict"] for a in remote.manifest["artifacts"]} == \
+        {a["name"]: a["verify"]["verdict"] for a in local.manifest["artifacts"]}
+    units = [e for e in events if "node" in e]
+    assert sorted(e["stage"] for e in units) == ["export"] * 4 + ["verify"] * 4
+    assert all(e["status"] == "done" for e in units)
+    queued = [e for e in events if e.get("status") == "queued"]
+    assert sorted((e["stage"], e["unit"]) for e in queued) == sorted((e["stage"], e["unit"]) for e in units)
+    assert all(e["node"].startswith("127.0.0.1/") for e in units)
+    assert len({e["node"] for e in units}) == 2, "units ran on one node only"
+    leftovers = [p for p in (tmp_path / "ray").rglob(".*")
+                 if p.name not in (".lock", ".cache") and ".cache" not in p.parts]
+    assert not leftovers, "temp files left behind"
+
+    # the same run in process is served from the distributed run's cache
+    again = run_pipeline(local_config, local_raw, tmp_path / "ray", quiet=True, force=False)
+    assert all(a["cached"]["export"] for a in again.manifest["artifacts"])
+
+
+@dataclass
+class Item:
+    unit: Unit
+    index: int = 0
+    lane: str | None = None
+
+
+@dataclass
+class Work:
+    """A stage stand-in whose units run only remotely (the executor under test is real)."""
+
+    remote_unit: RemoteUnit
+
+    def __call__(self, item: Item):
+        raise AssertionError("a remote unit ran in the driver")
+
+    def remote(self, item: Item) -> RemoteUnit:
+        return self.remote_unit
+
+
+def die_once(spec: dict, inputs: dict) -> tuple:
+    """Kills its own worker process on the first attempt (mid-unit), then succeeds."""
+    marker = Path(spec["marker"])
+    if not marker.exists():
+        marker.write_text(str(os.getpid()))
+        os._exit(1)
+    return {"attempt": 2}, {"out": inputs["model"][::-1]}
+
+
+def die_always(spec: dict, inputs: dict) -> tuple:
+    os._exit(1)
+
+
+def refuse(spec: dict, inputs: dict) -> tuple:
+    raise DataError("calibration data is empty: give [data.calibration] a source")
+
+
+def run_units(executor: RayExecutor, remote: RemoteUnit) -> list:
+    done = []
+    executor.run([Item(Unit("u"))], Work(remote), lambda item, result: done.append(result))
+    return done
+
+
+def test_a_worker_killed_mid_unit_is_retried_and_the_output_written_once(cluster, tmp_path):
+    source = tmp_path / "model.bin"
+    source.write_bytes(b"0123456789" * 1000)
+    out = tmp_path / "out" / "artifact.bin"
+    remote = RemoteUnit(die_once, {"marker": str(tmp_path / "attempt-1")}, inputs={"model": source},
+                        outputs={"out": out})
+    done = run_units(RayExecutor(cluster.address, max_retries=2), remote)
+    assert done == [{"attempt": 2}]
+    assert (tmp_path / "attempt-1").exists()  # the first attempt did die
+    assert out.read_bytes() == source.read_bytes()[::-1]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["artifact.bin"]  # no partial or temp file
+
+
+def test_a_worker_that_keeps_dying_fails_the_unit_with_no_output(cluster, tmp_path):
+    source = tmp_path / "model.bin"
+    source.write_bytes(b"x")
+    out = tmp_path / "out" / "artifact.bin"
+    with pytest.raises(StageError) as error:
+        run_units(RayExecutor(cluster.address, max_retries=0),
+                  RemoteUnit(die_always, {}, inputs={"model": source}, outputs={"out": out}))
+    assert "its worker died 1 time(s)" in str(error.value) and "memory_mb_per_unit" in str(error.value)
+    assert not out.parent.exists() or not list(out.parent.iterdir())
+
+
+def test_a_units_own_error_keeps_its_type_and_is_not_retried(cluster, tmp_path):
+    source = tmp_path / "model.bin"
+    source.write_bytes(b"x")
+    with pytest.raises(DataError) as error:
+        run_units(RayExecutor(cluster.address, max_retries=3), RemoteUnit(refuse, {}, inputs={"model": source}))
+    assert "calibration data is empty" in str(error.value)
+
+
+def test_no_cluster_at_the_address_is_exit_6_within_the_timeout(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    executor = RayExecutor(f"127.0.0.1:{port}", connect_timeout_seconds=2)
+    with pytest.raises(TargetError) as error:
+        executor._check_reachable()
+    assert error.value.exit_code == 6
+    assert f"cannot connect to the Ray cluster at 127.0.0.1:{port} within 2 s" in str(error.value)
+
+
+def test_without_ray_installed_the_extra_is_named(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(MissingDependencyError) as error:
+        import_ray()
+    assert "pip install 'edge-toolchain[ray]'" in str(error.value)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--executor", "dask"], "--executor must be inprocess or ray, got 'dask'"),
+    (["--ray-address", "auto"], "--ray-address needs --executor ray"),
+    (["--executor", "ray", "--ray-address", "host;reboot"], "--ray-address 'host;reboot' is not an address"),
+])
+def test_bad_executor_options_are_exit_2(pipeline_copy, tmp_path, capsys, args, message):
+    code = main(["run", str(pipeline_copy), "--out", str(tmp_path / "run"), *args])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

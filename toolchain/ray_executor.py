@@ -1,0 +1,222 @@
+"""The Ray executor: units that can run elsewhere become Ray tasks; the rest run here as before.
+
+A stage's unit runs remotely when the stage gives it as a `RemoteUnit` (export, verify): its
+input files go to the cluster's object store once per content (sha256-checked on the
+worker), its outputs come back as bytes, are checked against the sha256 the worker computed
+and written atomically by this driver alone, once per unit. A worker that dies mid-unit is
+retried by Ray (`max_retries`); a unit's own error (a bad model, a parity failure) is not
+retried. Units that must run here (truncation, benchmarks: they hold device leases) run
+in this process while the cluster works.
+
+`ray` is an optional extra: `pip install 'edge-toolchain[ray]'`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import MissingDependencyError, StageError, TargetError, ToolchainError
+from .executor import InProcessExecutor
+from .fileio import atomic_write_bytes
+
+POLL_SECONDS = 1.0
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as e:
+        raise MissingDependencyError("--executor ray needs Ray: pip install 'edge-toolchain[ray]'") from e
+    return ray
+
+
+def remote_task(ray: Any) -> Any:
+    """One fresh worker process per unit (max_calls=1): converters name graph nodes after what the
+    process traced before, so a reused worker would give other bytes (measured 2026-12-01: reused
+    workers, even with keras.backend.clear_session() per unit, gave other ONNX bytes in 2 of 3 runs);
+    and a conversion's memory (1-6 GB for ImageNet-size models) goes back to the node when its unit ends."""
+    return ray.remote(max_calls=1)(run_remote)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def run_remote(function: Callable, spec: Any, inputs: dict[str, tuple[str, Any]]) -> dict[str, Any]:
+    """On a worker: fetch and check the inputs, run the unit, hash its outputs; name the node it ran on."""
+    import ray
+
+    data = {}
+    for name, (digest, ref) in inputs.items():
+        blob = ray.get(ref)
+        if _sha256(blob) != digest:
+            raise StageError(f"input {name!r} arrived corrupted on node {_node()} (sha256 mismatch); run again")
+        data[name] = blob
+    result, outputs = function(spec, data)
+    return {"result": result, "outputs": {k: (_sha256(v), v) for k, v in outputs.items()}, "node": _node(),
+            "pid": os.getpid()}
+
+
+def _node() -> str:
+    import ray
+
+    context = ray.get_runtime_context()
+    return f"{ray.util.get_node_ip_address()}/{context.get_node_id()[:8]}"
+
+
+@dataclass
+class RayExecutor:
+    """Runs remote-capable units as Ray tasks on the cluster at `address` (connects on first use)."""
+
+    parallel = True  # the loop hands it all of a stage's units at once
+
+    address: str | None = None
+    max_retries: int = 2
+    connect_timeout_seconds: float = 60.0
+    on_event: Callable[[dict[str, Any]], None] | None = None  # unit queued / running / done, with its node
+    _task: Any = field(default=None, repr=False)
+    _blobs: dict[str, Any] = field(default_factory=dict, repr=False)  # sha256 -> object ref, once per run
+    _stage: str = ""
+
+    def connect(self) -> None:
+        ray = import_ray()
+        if ray.is_initialized():
+            self._task = self._task or remote_task(ray)
+            return
+        self._check_reachable()
+        try:
+            ray.init(address=self.address or "auto", log_to_driver=False, logging_level="ERROR",
+                     include_dashboard=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise TargetError(f"cannot connect to the Ray cluster at {self.address or 'auto'}: {e}; start one "
+                              "(ray start --head) or pass --ray-address HOST:PORT / ray://HOST:10001") from e
+        self._task = remote_task(ray)
+
+    def _check_reachable(self) -> None:
+        """A HOST:PORT that does not answer fails within the connect timeout (ray.init would retry for minutes)."""
+        import socket
+
+        if not self.address or self.address in ("auto", "local"):
+            return
+        host, _, port = self.address.removeprefix("ray://").rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=self.connect_timeout_seconds):
+                pass
+        except (OSError, ValueError) as e:
+            raise TargetError(f"cannot connect to the Ray cluster at {self.address} within "
+                              f"{self.connect_timeout_seconds:g} s ({e}); check the address and that the "
+                              "head node is running (ray status)") from e
+
+    def run(self, units: Sequence[Any], work: Callable[[Any], Any],
+            on_done: Callable[[Any, Any], None]) -> None:
+        remote_of = getattr(work, "remote", None)
+        remote, local = [], []
+        for item in units:
+            spec = remote_of(item) if remote_of is not None else None
+            (local if spec is None else remote).append((item, spec))
+        if not remote:
+            InProcessExecutor().run([item for item, _ in local], work, on_done)
+            return
+        self.connect()
+        self._stage = getattr(getattr(work, "stage", None), "name", "")
+        pending = {self._submit(spec): (item, spec) for item, spec in remote}
+        for item, _ in remote:
+            self._event(item, "queued")
+        InProcessExecutor().run([item for item, _ in local], work, on_done)
+        self._collect(pending, on_done)
+
+    def _submit(self, spec: Any) -> Any:
+        ray = import_ray()
+        inputs = {}
+        for name, path in spec.inputs.items():
+            blob = Path(path).read_bytes()
+            digest = _sha256(blob)
+            if digest not in self._blobs:
+                self._blobs[digest] = ray.put(blob)
+            inputs[name] = (digest, self._blobs[digest])
+        options: dict[str, Any] = {"num_cpus": spec.cpus, "max_retries": self.max_retries,
+                                   "retry_exceptions": False}
+        if spec.memory_bytes:
+            options["memory"] = spec.memory_bytes
+        return self._task.options(**options).remote(spec.function, spec.spec, inputs)
+
+    def _collect(self, pending: dict[Any, tuple[Any, Any]], on_done: Callable[[Any, Any], None]) -> None:
+        ray = import_ray()
+        waiting = list(pending)
+        while waiting:
+            try:
+                ready, waiting = ray.wait(waiting, num_returns=1, timeout=POLL_SECONDS)
+            except Exception as e:  # noqa: BLE001 - every failure of the cluster itself
+                raise self._lost(e) from e
+            for ref in ready:
+                item, spec = pending[ref]
+                answer = self._get(ref, item)
+                self._write(spec, answer, item)
+                self._event(item, "done", answer["node"])
+                on_done(item, answer["result"])
+
+    def _event(self, item: Any, status: str, node: str | None = None) -> None:
+        if self.on_event is not None:
+            event = {"stage": self._stage, "unit": getattr(item.unit, "label", ""), "status": status}
+            self.on_event({**event, "node": node} if node else event)
+
+    def _get(self, ref: Any, item: Any) -> dict[str, Any]:
+        ray = import_ray()
+        from ray import exceptions as rex
+
+        try:
+            return ray.get(ref)
+        except rex.RayTaskError as e:
+            cause = e.cause if isinstance(getattr(e, "cause", None), BaseException) else None
+            if isinstance(cause, ToolchainError):
+                raise cause from e
+            raise StageError(f"unit {getattr(item.unit, 'label', '?')} failed on the cluster: "
+                             f"{cause or e}") from e
+        except (rex.WorkerCrashedError, rex.NodeDiedError, rex.TaskUnschedulableError) as e:
+            raise StageError(f"unit {getattr(item.unit, 'label', '?')}: its worker died "
+                             f"{self.max_retries + 1} time(s) (out of memory?); raise "
+                             "[execution] memory_mb_per_unit or give the cluster more memory") from e
+        except Exception as e:  # noqa: BLE001 - the cluster connection itself
+            raise self._lost(e) from e
+
+    def _lost(self, error: BaseException) -> TargetError:
+        return TargetError(f"lost the Ray cluster at {self.address or 'auto'} ({type(error).__name__}: {error}); "
+                           "units finished so far are cached: run again to resume")
+
+    def _write(self, spec: Any, answer: dict[str, Any], item: Any) -> None:
+        """Each output checked against the worker's sha256, then written atomically (never partially)."""
+        checked = {}
+        for name, path in spec.outputs.items():
+            if name not in answer["outputs"]:
+                raise StageError(f"unit {item.unit.label}: the worker on {answer['node']} returned no {name!r}")
+            digest, blob = answer["outputs"][name]
+            if _sha256(blob) != digest:
+                raise StageError(f"unit {item.unit.label}: {name!r} from {answer['node']} arrived corrupted "
+                                 "(sha256 mismatch); run again")
+            checked[path] = blob
+        for path, blob in checked.items():
+            atomic_write_bytes(path, blob)
+
+
+def executor_for(backend: str, address: str | None, max_retries: int = 2,
+                 connect_timeout_seconds: float = 60.0) -> Any:
+    if backend == "ray":
+        import_ray()  # a missing extra fails before anything runs
+        return RayExecutor(address, max_retries, connect_timeout_seconds)
+    return InProcessExecutor()
+
+
+def wait_for_nodes(count: int, timeout: float = 60.0) -> None:
+    """Until `count` nodes are alive (tests, benchmarks)."""
+    ray = import_ray()
+    deadline = time.monotonic() + timeout
+    while sum(n["Alive"] for n in ray.nodes()) < count:
+        if time.monotonic() > deadline:
+            raise TargetError(f"the Ray cluster has fewer than {count} live node(s) after {timeout:g} s")
+        time.sleep(0.2)
