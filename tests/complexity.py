@@ -23,7 +23,6 @@ ALLOWED = {
     "toolchain/standalone.py:export_artifact": 25,
     "toolchain/stages/quantize_onnx.py:quantize_onnx": 21,
     "toolchain/stages/truncate.py:_run": 22,
-    "toolchain/stages/truncate.py:parse_head": 20,
     "toolchain/stages/truncate.py:truncate": 36,
     "toolchain/stages/verify.py:compare_outputs": 30,
     "toolchain/sweep.py:run_sweep": 43,

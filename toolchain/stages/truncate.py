@@ -46,44 +46,55 @@ class HeadLayer:
     rate: float | None = None
 
 
+HEAD_ARITY = {"gap": (0, 0), "gmp": (0, 0), "flatten": (0, 0), "dense": (1, 2), "dropout": (1, 1),
+              "activation": (1, 1), "classes": (1, 2)}  # (fewest, most) arguments after the item's kind
+
+
 def parse_head(spec: str | Sequence[str]) -> list[HeadLayer]:
     """Parse "gap,dense:64:relu,dropout:0.2,classes:10" (or a list of those items)."""
     items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
     if not items or not all(items):
         raise InputError(f"head spec {spec!r} has an empty item; write items as {HEAD_SYNTAX}")
-    layers: list[HeadLayer] = []
-    for position, item in enumerate(items):
-        kind, *args = item.split(":")
-        kind = kind.lower()
-        if kind not in HEAD_ITEMS:
-            raise InputError(
-                f"unknown head item '{item}'{did_you_mean(kind, list(HEAD_ITEMS))}; items: {HEAD_SYNTAX}"
-            )
-        arity = {"gap": (0, 0), "gmp": (0, 0), "flatten": (0, 0), "dense": (1, 2), "dropout": (1, 1),
-                 "activation": (1, 1), "classes": (1, 2)}[kind]
-        if not arity[0] <= len(args) <= arity[1]:
-            raise InputError(f"head item '{item}' has {len(args)} argument(s); write it as {_syntax_of(kind)}")
-        if kind in ("dense", "classes"):
-            units = _positive_int(args[0], item, kind)
-            activation = args[1] if len(args) > 1 else ("softmax" if kind == "classes" else None)
-            if kind == "classes" and activation not in ("softmax", "linear"):
-                raise InputError(f"head item '{item}': the classes activation must be softmax or linear")
-            if kind == "classes" and position != len(items) - 1:
-                raise InputError(f"head item '{item}' must be the last item of the head")
-            layers.append(HeadLayer(kind, units=units, activation=_activation(activation, item)))
-        elif kind == "dropout":
-            try:
-                rate = float(args[0])
-            except ValueError:
-                rate = -1.0
-            if not 0 <= rate < 1:
-                raise InputError(f"head item '{item}': RATE must be a number in [0, 1)")
-            layers.append(HeadLayer(kind, rate=rate))
-        elif kind == "activation":
-            layers.append(HeadLayer(kind, activation=_activation(args[0], item)))
-        else:
-            layers.append(HeadLayer(kind))
-    return layers
+    return [_parse_head_item(item, last=position == len(items) - 1) for position, item in enumerate(items)]
+
+
+def _parse_head_item(item: str, last: bool) -> HeadLayer:
+    """One head item: its kind and argument count checked, then its arguments by kind."""
+    kind, *args = item.split(":")
+    kind = kind.lower()
+    if kind not in HEAD_ITEMS:
+        raise InputError(f"unknown head item '{item}'{did_you_mean(kind, list(HEAD_ITEMS))}; items: {HEAD_SYNTAX}")
+    fewest, most = HEAD_ARITY[kind]
+    if not fewest <= len(args) <= most:
+        raise InputError(f"head item '{item}' has {len(args)} argument(s); write it as {_syntax_of(kind)}")
+    if kind in ("dense", "classes"):
+        return _units_item(kind, args, item, last)
+    if kind == "dropout":
+        return HeadLayer(kind, rate=_dropout_rate(args[0], item))
+    if kind == "activation":
+        return HeadLayer(kind, activation=_activation(args[0], item))
+    return HeadLayer(kind)
+
+
+def _units_item(kind: str, args: list[str], item: str, last: bool) -> HeadLayer:
+    """dense:UNITS[:ACTIVATION] or classes:N[:softmax|linear] (classes only as the last item)."""
+    units = _positive_int(args[0], item, kind)
+    activation = args[1] if len(args) > 1 else ("softmax" if kind == "classes" else None)
+    if kind == "classes" and activation not in ("softmax", "linear"):
+        raise InputError(f"head item '{item}': the classes activation must be softmax or linear")
+    if kind == "classes" and not last:
+        raise InputError(f"head item '{item}' must be the last item of the head")
+    return HeadLayer(kind, units=units, activation=_activation(activation, item))
+
+
+def _dropout_rate(text: str, item: str) -> float:
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = -1.0
+    if not 0 <= rate < 1:
+        raise InputError(f"head item '{item}': RATE must be a number in [0, 1)")
+    return rate
 
 
 def _syntax_of(kind: str) -> str:
