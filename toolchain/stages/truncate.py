@@ -468,33 +468,43 @@ def _run(graph: _Graph, inputs: list[Any], plan: _Plan, produced: dict[str, list
         if node.is_input or layer is None:
             continue
         address = graph.prefix + layer.name
-        if address in plan.blocks:  # the block's output is its shortcut
-            shortcut = tensors.get(id(plan.blocks[address].shortcut))
-            if shortcut is not None:
-                tensors[id(node.outputs[0])] = shortcut
+        outputs = _node_outputs(node, address, tensors, plan, produced)
+        if outputs is None:
             continue
-        if address in plan.removed and address not in plan.bypass:
-            continue  # on a dropped block's branch
-        if any(id(x) not in tensors for x in node.input_tensors):
-            continue  # not reachable from the inputs we have
-        args, kwargs = node.arguments.fill_in(tensors)
-        if address in plan.bypass:
-            outputs = [tensors[id(node.input_tensors[0])]]
-        elif _is_submodel(layer) and address in plan.enter:
-            inner = _analyse(layer, address + "/")
-            from keras import KerasTensor
-
-            inner_inputs = [t for t in _flat(args) if isinstance(t, KerasTensor)]
-            outputs = _run(inner, inner_inputs, plan, produced)
-            if any(o is None for o in outputs):
-                continue  # the cut stops inside the sub-model
-        else:
-            outputs = _flat(layer(*args, **kwargs))
         for x, y in zip(node.outputs, outputs, strict=True):
             tensors[id(x)] = y
         if address not in plan.removed:
             produced.setdefault(address, list(outputs))  # a shared layer: its first call
     return [tensors.get(id(x)) for x in graph.outputs]
+
+
+def _node_outputs(node: Any, address: str, tensors: dict[int, Any], plan: _Plan,
+                  produced: dict[str, list[Any]]) -> list[Any] | None:
+    """The new tensors one layer call gives under the plan; None when it gives none."""
+    if address in plan.blocks:  # the block's output is its shortcut
+        shortcut = tensors.get(id(plan.blocks[address].shortcut))
+        return None if shortcut is None else [shortcut]
+    if address in plan.removed and address not in plan.bypass:
+        return None  # on a dropped block's branch
+    if any(id(x) not in tensors for x in node.input_tensors):
+        return None  # not reachable from the inputs we have
+    args, kwargs = node.arguments.fill_in(tensors)
+    if address in plan.bypass:
+        return [tensors[id(node.input_tensors[0])]]
+    if _is_submodel(node.operation) and address in plan.enter:
+        return _run_submodel(node.operation, address, args, plan, produced)
+    return _flat(node.operation(*args, **kwargs))
+
+
+def _run_submodel(layer: Any, address: str, args: Any, plan: _Plan,
+                  produced: dict[str, list[Any]]) -> list[Any] | None:
+    """Inline a sub-model the plan enters; None when the cut stops inside it."""
+    from keras import KerasTensor
+
+    inner = _analyse(layer, address + "/")
+    inner_inputs = [t for t in _flat(args) if isinstance(t, KerasTensor)]
+    outputs = _run(inner, inner_inputs, plan, produced)
+    return None if any(o is None for o in outputs) else outputs
 
 
 def _used_inputs(outputs: list[Any], new_inputs: list[Any]) -> set[int]:
