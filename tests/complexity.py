@@ -22,7 +22,6 @@ ALLOWED = {
     "toolchain/pipeline.py:_run_stages": 54,
     "toolchain/standalone.py:export_artifact": 25,
     "toolchain/stages/quantize_onnx.py:quantize_onnx": 21,
-    "toolchain/stages/truncate.py:truncate": 36,
     "toolchain/stages/verify.py:compare_outputs": 30,
 }
 

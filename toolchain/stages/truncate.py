@@ -558,12 +558,7 @@ def truncate(
 
     _check_eval_has_train(train_data, eval_data)
     graph = _analyse(model)
-    unsafe = untrusted_layers(model)
-    if unsafe and not trust:
-        raise InputError(
-            f"model '{model.name}' has Lambda or custom layers: {', '.join(unsafe)}; truncation runs "
-            f"their Python code and the saved result needs it to load; {TRUST_HINT}"
-        )
+    _check_trusted(model, trust)
     cuts, drops = _resolved_addresses(model, graph, at, drop)
     head_layers = _head_layers(head)
     if head_layers and len(cuts) > 1:
@@ -573,16 +568,7 @@ def truncate(
     produced: dict[str, list[Any]] = {}
     final = _run(graph, new_inputs, plan, produced)
     if cuts:
-        outputs = []
-        for address in cuts:
-            if address not in produced:
-                why = plan.removed.get(address) or _removed_reason(address, plan)
-                raise InputError(
-                    f"no path from the model's inputs reaches layer '{address}' in the truncated model"
-                    f" ({why}); cut at a layer that is kept"
-                )
-            outputs.extend(produced[address])
-        _check_drops_are_kept(model, drops, cuts)
+        outputs = _cut_outputs(model, cuts, drops, plan, produced)
     else:
         outputs = [t for t in final if t is not None]
     if head_layers and len(outputs) != 1:
@@ -590,20 +576,8 @@ def truncate(
             f"a head goes on one output, but the cut layer gives {len(outputs)} outputs"
             f"{_states_hint(model, cuts)}"
         )
-    used = _used_inputs(outputs, new_inputs)
-    unused = [t.name for t in new_inputs if id(t) not in used]
-    if unused:
-        raise InputError(
-            f"the cut leaves model input(s) {', '.join(repr(n) for n in unused)} unused (no kept layer "
-            "reads them); add a cut point on their branch, or cut the model that takes only the inputs you use"
-        )
-    try:
-        base = keras.Model(_one_or_list(new_inputs), _one_or_list(outputs), name=name or f"{model.name}_truncated")
-    except ValueError as e:  # Keras: "The name "x" is used 2 times in the model"
-        raise InputError(
-            f"cannot build the truncated model: {str(e).strip().splitlines()[0][:300]} (a sub-model addressed as "
-            "outer/inner is inlined, so its layer names must differ from the outer model's)"
-        ) from e
+    _check_inputs_used(outputs, new_inputs)
+    base = _functional(new_inputs, outputs, name or f"{model.name}_truncated")
     if not head_layers:
         if train_data is not None:
             raise InputError("train_data was given without a head: only a new head is trained")
@@ -611,6 +585,55 @@ def truncate(
     return attach_head(base, head_layers, train_data, eval_data=eval_data, epochs=epochs, seed=seed,
                        batch_size=batch_size, learning_rate=learning_rate, name=name or f"{model.name}_truncated",
                        progress=progress)
+
+
+def _check_trusted(model: Any, trust: bool) -> None:
+    """Truncation runs every kept layer's Python code: Lambda and custom layers need trust."""
+    unsafe = untrusted_layers(model)
+    if unsafe and not trust:
+        raise InputError(
+            f"model '{model.name}' has Lambda or custom layers: {', '.join(unsafe)}; truncation runs "
+            f"their Python code and the saved result needs it to load; {TRUST_HINT}"
+        )
+
+
+def _cut_outputs(model: Any, cuts: list[str], drops: list[str], plan: _Plan,
+                 produced: dict[str, list[Any]]) -> list[Any]:
+    """The new tensors of each cut point, in order; each must still be computed under the plan."""
+    outputs = []
+    for address in cuts:
+        if address not in produced:
+            why = plan.removed.get(address) or _removed_reason(address, plan)
+            raise InputError(
+                f"no path from the model's inputs reaches layer '{address}' in the truncated model"
+                f" ({why}); cut at a layer that is kept"
+            )
+        outputs.extend(produced[address])
+    _check_drops_are_kept(model, drops, cuts)
+    return outputs
+
+
+def _check_inputs_used(outputs: list[Any], new_inputs: list[Any]) -> None:
+    used = _used_inputs(outputs, new_inputs)
+    unused = [t.name for t in new_inputs if id(t) not in used]
+    if unused:
+        raise InputError(
+            f"the cut leaves model input(s) {', '.join(repr(n) for n in unused)} unused (no kept layer "
+            "reads them); add a cut point on their branch, or cut the model that takes only the inputs you use"
+        )
+
+
+def _functional(inputs: list[Any], outputs: list[Any], name: str) -> Any:
+    """The truncated base model; Keras' duplicate-name error explained for inlined sub-models."""
+    import keras
+
+    try:
+        return keras.Model(_one_or_list(inputs), _one_or_list(outputs), name=name)
+    except ValueError as e:  # Keras: "The name "x" is used 2 times in the model"
+        raise InputError(
+            f"cannot build the truncated model: {str(e).strip().splitlines()[0][:300]} (a sub-model addressed as "
+            "outer/inner is inlined, so its layer names must differ from the outer model's)"
+        ) from e
 
 
 def _resolved_addresses(model: Any, graph: _Graph, at: Any, drop: Any) -> tuple[list[str], list[str]]:
