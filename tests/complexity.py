@@ -18,12 +18,7 @@ MAX_COMPLEXITY = 15
 ROOT = Path(__file__).resolve().parent.parent
 
 # "path:qualified.name": complexity when the rule came in (2026-12-01); lower these, never raise them
-ALLOWED = {
-    "toolchain/stages/truncate.py:_run": 22,
-    "toolchain/stages/truncate.py:parse_head": 20,
-    "toolchain/stages/truncate.py:truncate": 36,
-    "toolchain/sweep.py:run_sweep": 43,
-}
+ALLOWED: dict[str, int] = {}
 
 
 def _functions(blocks: list, prefix: str = "") -> Iterator[tuple[str, int]]:

@@ -1,7 +1,8 @@
 """The wheel ships every subpackage: an installed (not editable) toolchain must not miss one."""
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 

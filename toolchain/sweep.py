@@ -180,99 +180,21 @@ def run_sweep(
 
     Raises BudgetError (after writing the outputs) when a budget is given and no point meets it.
     """
-    from .config import find_profile
-    from .fileio import atomic_write_json, atomic_write_text
-    from .model_stats import model_stats
-    from .stages.bench import run_benchmarks
-    from .stages.export_tflite import export_tflite
-    from .stages.truncate import droppable_blocks, head_classes, parse_head, truncate
-
     budget = budget or Budget()
     out_dir = Path(out_dir)
-    note = progress or (lambda message: None)
     use_labels = train.labels is not None and evaluation.labels is not None
-    is_classifier = len(model.outputs) == 1 and len(model.outputs[0].shape) == 2
-    if not is_classifier:
-        if not use_labels:
-            raise InputError(
-                "without labels the sweep scores agreement with the model's own top-1, so the model needs one "
-                f"(N, classes) output; '{model.name}' has outputs {[tuple(t.shape) for t in model.outputs]}"
-            )
-    if head is not None and head_classes(parse_head(head)) is None:
-        raise InputError(f"the sweep trains a head per cut point: end --head with classes:N (got {head!r})")
+    is_classifier = _check_sweepable(model, head, use_labels)
     train_labels = _labels_for(model, train, use_labels)
     eval_labels = _labels_for(model, evaluation, use_labels)
-    classes = _head_class_count(model, classes, use_labels, train_labels, eval_labels)
-    train_set = Dataset(train.inputs, train_labels, train.source)
-
-    cut_points = [str(p) for p in points] if points else block_boundaries(model)
-    if not cut_points:
-        raise InputError(f"model '{model.name}' has no block boundaries to cut at; give cut points with --at")
-    candidates: list[tuple[str | None, Any, str | None]] = [(None, model, None)]
-    if not is_classifier:  # a feature extractor: the full model gets a trained head like every cut
-        spec = head or default_head(len(model.outputs[0].shape), classes)
-        note("full model: training the head")
-        candidates[0] = (None, truncate(model, head=spec, train_data=train_set, epochs=epochs, seed=seed,
-                                        trust=trust, progress=head_progress), spec)
-    for point in cut_points:
-        base = truncate(model, at=point, trust=trust)
-        spec = head or default_head(len(base.outputs[0].shape), classes)
-        note(f"cut at {point}: training the head {spec}")
-        candidates.append((point, truncate(model, at=point, head=spec, train_data=train_set, epochs=epochs,
-                                           seed=seed, trust=trust, progress=head_progress), spec))
-
-    records: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix=".sweep-", dir=out_dir if out_dir.is_dir() else None) as tmp:
-        artifacts = []
-        for index, (point, candidate, spec) in enumerate(candidates):
-            note(f"export {point or 'full model'} to fp32 TFLite")
-            artifact = export_tflite(candidate, Path(tmp) / f"point{index}.fp32.tflite")
-            artifacts.append(artifact)
-            stats = model_stats(candidate)
-            predictions = _predict(candidate, evaluation.inputs).argmax(axis=1)
-            note(f"{point or 'full model'}: {'accuracy' if use_labels else 'agreement'} "
-                 f"{np.mean(predictions == eval_labels):.4f} on the eval data")
-            records.append({
-                "at": point,
-                "kind": "full" if point is None else "cut",
-                "head": spec,
-                "params": stats.params,
-                "macs": stats.macs,
-                "weight_bytes": stats.weight_bytes,
-                "tflite_bytes": artifact.stat().st_size,
-                "accuracy": float(np.mean(predictions == eval_labels)),
-            })
-        note(f"benchmark {len(artifacts)} artifact(s) on {target}")
-        results = run_benchmarks(artifacts, [find_profile(target)], [threads],
-                                 overrides={**BENCH_OVERRIDES, **(bench_overrides or {})})
-    by_name = {r["artifact"]: r for r in results}
-    for record, artifact in zip(records, artifacts, strict=True):
-        latency = by_name[artifact.name]["latency_ms"]
-        record["latency_ms"] = {k: latency[k] for k in ("p50", "p90", "mean", "min")}
-    for i in pareto_front(records):
-        records[i]["pareto"] = True
-    for record in records:
-        record.setdefault("pareto", False)
-
-    full = records[0]
-    drop_records = []
-    if drops and is_classifier:  # the original head scores each drop; a feature extractor has none
-        for block in droppable_blocks(model):
-            note(f"drop {block}")
-            dropped = truncate(model, drop=block, trust=trust)
-            stats = model_stats(dropped)
-            accuracy = float(np.mean(_predict(dropped, evaluation.inputs).argmax(axis=1) == eval_labels))
-            drop_records.append({
-                "block": block, "params": stats.params, "macs": stats.macs,
-                "macs_saved": full["macs"] - stats.macs, "accuracy": accuracy,
-                "accuracy_cost": full["accuracy"] - accuracy,
-            })
-
-    notes = []
-    if drops and not is_classifier and droppable_blocks(model):
-        notes.append("residual blocks were not priced: the model has no (N, classes) output to score a drop with")
+    run = _SweepRun(model, evaluation, eval_labels, use_labels, is_classifier, trust,
+                    progress or (lambda message: None))
+    heads = _HeadTraining(head, _head_class_count(model, classes, use_labels, train_labels, eval_labels),
+                          Dataset(train.inputs, train_labels, train.source), epochs, seed, head_progress)
+    candidates = _candidates(run, heads, _cut_points(model, points))
+    records, results = _measure_points(run, candidates, out_dir, target, threads,
+                                       {**BENCH_OVERRIDES, **(bench_overrides or {})})
+    drop_records = _drop_records(run, records[0]) if drops and is_classifier else []
     chosen = recommend(records, budget)
-    environment = results[0]["environment"] if results else {}
     document = {
         "schema_version": SWEEP_SCHEMA_VERSION,
         "toolchain_version": __version__,
@@ -284,28 +206,205 @@ def run_sweep(
         "seed": seed,
         "target": target,
         "threads": threads,
-        "environment": {k: environment.get(k) for k in ("machine", "cpu_model", "cpu_count", "backend",
-                                                        "backend_version", "python")},
+        "environment": _environment(results),
         "budget": {"max_latency_ms": budget.max_latency_ms, "min_accuracy": budget.min_accuracy},
         "recommended": None if chosen is None else {"at": chosen["at"], "kind": chosen["kind"]},
         "points": records,
         "drops": drop_records,
-        "notes": notes,
+        "notes": _notes(run, drops),
         "files": {"table": "sweep.md", "plot": "sweep.png"},
     }
+    _write_outputs(out_dir, document)
+    if budget.given and chosen is None:
+        raise _over_budget(records, budget, out_dir)
+    return document
+
+
+@dataclass
+class _SweepRun:
+    """What every step of one sweep reads: the model, the scoring data and how to report."""
+
+    model: Any
+    evaluation: Dataset
+    eval_labels: np.ndarray
+    use_labels: bool
+    is_classifier: bool
+    trust: bool
+    note: Any
+
+    def accuracy(self, candidate: Any) -> float:
+        """Top-1 accuracy (or agreement) of `candidate` on the eval data."""
+        predictions = _predict(candidate, self.evaluation.inputs).argmax(axis=1)
+        return float(np.mean(predictions == self.eval_labels))
+
+
+@dataclass
+class _HeadTraining:
+    """How each cut point's head is trained: the --head spec (or the default), on what, how long."""
+
+    head: str | None
+    classes: int
+    train_set: Dataset
+    epochs: int
+    seed: int
+    progress: Any
+
+    def spec_for(self, base: Any) -> str:
+        return self.head or default_head(len(base.outputs[0].shape), self.classes)
+
+
+def _check_sweepable(model: Any, head: str | None, use_labels: bool) -> bool:
+    """Whether the model is a classifier (one (N, classes) output); rejects what cannot be swept."""
+    from .stages.truncate import head_classes, parse_head
+
+    is_classifier = len(model.outputs) == 1 and len(model.outputs[0].shape) == 2
+    if not is_classifier and not use_labels:
+        raise InputError(
+            "without labels the sweep scores agreement with the model's own top-1, so the model needs one "
+            f"(N, classes) output; '{model.name}' has outputs {[tuple(t.shape) for t in model.outputs]}"
+        )
+    if head is not None and head_classes(parse_head(head)) is None:
+        raise InputError(f"the sweep trains a head per cut point: end --head with classes:N (got {head!r})")
+    return is_classifier
+
+
+def _cut_points(model: Any, points: list[str | int] | None) -> list[str]:
+    """The cut points given, else the model's block boundaries."""
+    cut_points = [str(p) for p in points] if points else block_boundaries(model)
+    if not cut_points:
+        raise InputError(f"model '{model.name}' has no block boundaries to cut at; give cut points with --at")
+    return cut_points
+
+
+Candidate = tuple[str | None, Any, str | None]
+
+
+def _candidates(run: _SweepRun, heads: _HeadTraining, cut_points: list[str]) -> list[Candidate]:
+    """(cut point or None for the full model, model, head spec or None for the original head)."""
+    from .stages.truncate import truncate
+
+    def trained(spec: str, at: str | None = None) -> Any:
+        return truncate(run.model, at=at, head=spec, train_data=heads.train_set, epochs=heads.epochs,
+                        seed=heads.seed, trust=run.trust, progress=heads.progress)
+
+    candidates: list[Candidate] = [(None, run.model, None)]
+    if not run.is_classifier:  # a feature extractor: the full model gets a trained head like every cut
+        spec = heads.spec_for(run.model)
+        run.note("full model: training the head")
+        candidates[0] = (None, trained(spec), spec)
+    for point in cut_points:
+        spec = heads.spec_for(truncate(run.model, at=point, trust=run.trust))
+        run.note(f"cut at {point}: training the head {spec}")
+        candidates.append((point, trained(spec, point), spec))
+    return candidates
+
+
+def _measure_points(run: _SweepRun, candidates: list[Candidate], out_dir: Path,
+                    target: str, threads: int, overrides: dict[str, Any]) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Export, score and benchmark every candidate: (point records with Pareto marks, benchmark results)."""
+    from .config import find_profile
+    from .stages.bench import run_benchmarks
+
+    with tempfile.TemporaryDirectory(prefix=".sweep-", dir=out_dir if out_dir.is_dir() else None) as tmp:
+        records, artifacts = [], []
+        for index, (point, candidate, spec) in enumerate(candidates):
+            artifact = _export_candidate(run, point, candidate, Path(tmp) / f"point{index}.fp32.tflite")
+            artifacts.append(artifact)
+            records.append(_point_record(run, point, candidate, spec, artifact))
+        run.note(f"benchmark {len(artifacts)} artifact(s) on {target}")
+        results = run_benchmarks(artifacts, [find_profile(target)], [threads], overrides=overrides)
+    by_name = {r["artifact"]: r for r in results}
+    for record, artifact in zip(records, artifacts, strict=True):
+        latency = by_name[artifact.name]["latency_ms"]
+        record["latency_ms"] = {k: latency[k] for k in ("p50", "p90", "mean", "min")}
+    front = set(pareto_front(records))
+    for i, record in enumerate(records):
+        record["pareto"] = i in front
+    return records, results
+
+
+def _export_candidate(run: _SweepRun, point: str | None, candidate: Any, path: Path) -> Path:
+    from .stages.export_tflite import export_tflite
+
+    run.note(f"export {point or 'full model'} to fp32 TFLite")
+    return export_tflite(candidate, path)
+
+
+def _point_record(run: _SweepRun, point: str | None, candidate: Any, spec: str | None,
+                  artifact: Path) -> dict[str, Any]:
+    """One cut point's costs and accuracy (its latency comes later, from the benchmark)."""
+    from .model_stats import model_stats
+
+    stats = model_stats(candidate)
+    accuracy = run.accuracy(candidate)
+    run.note(f"{point or 'full model'}: {'accuracy' if run.use_labels else 'agreement'} "
+             f"{accuracy:.4f} on the eval data")
+    return {
+        "at": point,
+        "kind": "full" if point is None else "cut",
+        "head": spec,
+        "params": stats.params,
+        "macs": stats.macs,
+        "weight_bytes": stats.weight_bytes,
+        "tflite_bytes": artifact.stat().st_size,
+        "accuracy": accuracy,
+    }
+
+
+def _droppable(model: Any) -> list[str]:
+    from .stages.truncate import droppable_blocks
+
+    return droppable_blocks(model)
+
+
+def _drop_records(run: _SweepRun, full: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each residual block dropped alone, scored with the original head (only a classifier has one)."""
+    from .model_stats import model_stats
+    from .stages.truncate import truncate
+
+    drop_records = []
+    for block in _droppable(run.model):
+        run.note(f"drop {block}")
+        dropped = truncate(run.model, drop=block, trust=run.trust)
+        stats = model_stats(dropped)
+        accuracy = run.accuracy(dropped)
+        drop_records.append({
+            "block": block, "params": stats.params, "macs": stats.macs,
+            "macs_saved": full["macs"] - stats.macs, "accuracy": accuracy,
+            "accuracy_cost": full["accuracy"] - accuracy,
+        })
+    return drop_records
+
+
+def _notes(run: _SweepRun, drops: bool) -> list[str]:
+    if drops and not run.is_classifier and _droppable(run.model):
+        return ["residual blocks were not priced: the model has no (N, classes) output to score a drop with"]
+    return []
+
+
+def _environment(results: list[dict[str, Any]]) -> dict[str, Any]:
+    environment = results[0]["environment"] if results else {}
+    return {k: environment.get(k) for k in ("machine", "cpu_model", "cpu_count", "backend", "backend_version",
+                                             "python")}
+
+
+def _write_outputs(out_dir: Path, document: dict[str, Any]) -> None:
+    from .fileio import atomic_write_json, atomic_write_text
+
     out_dir.mkdir(parents=True, exist_ok=True)
     write_plot(out_dir / "sweep.png", document)
     atomic_write_text(out_dir / "sweep.md", markdown(document))
     atomic_write_json(out_dir / "sweep.json", document)
-    if budget.given and chosen is None:
-        best = max(records, key=lambda p: p["accuracy"])
-        fastest = min(records, key=lambda p: p["latency_ms"]["p50"])
-        raise BudgetError(
-            f"no cut point meets the budget ({_budget_text(budget)}): the most accurate reaches "
-            f"{best['accuracy']:.3f} at {best['latency_ms']['p50']:.3f} ms, the fastest runs "
-            f"{fastest['latency_ms']['p50']:.3f} ms at {fastest['accuracy']:.3f}; see {out_dir / 'sweep.md'}"
-        )
-    return document
+
+
+def _over_budget(records: list[dict[str, Any]], budget: Budget, out_dir: Path) -> BudgetError:
+    best = max(records, key=lambda p: p["accuracy"])
+    fastest = min(records, key=lambda p: p["latency_ms"]["p50"])
+    return BudgetError(
+        f"no cut point meets the budget ({_budget_text(budget)}): the most accurate reaches "
+        f"{best['accuracy']:.3f} at {best['latency_ms']['p50']:.3f} ms, the fastest runs "
+        f"{fastest['latency_ms']['p50']:.3f} ms at {fastest['accuracy']:.3f}; see {out_dir / 'sweep.md'}"
+    )
 
 
 def _budget_text(budget: Budget) -> str:

@@ -46,44 +46,55 @@ class HeadLayer:
     rate: float | None = None
 
 
+HEAD_ARITY = {"gap": (0, 0), "gmp": (0, 0), "flatten": (0, 0), "dense": (1, 2), "dropout": (1, 1),
+              "activation": (1, 1), "classes": (1, 2)}  # (fewest, most) arguments after the item's kind
+
+
 def parse_head(spec: str | Sequence[str]) -> list[HeadLayer]:
     """Parse "gap,dense:64:relu,dropout:0.2,classes:10" (or a list of those items)."""
     items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
     if not items or not all(items):
         raise InputError(f"head spec {spec!r} has an empty item; write items as {HEAD_SYNTAX}")
-    layers: list[HeadLayer] = []
-    for position, item in enumerate(items):
-        kind, *args = item.split(":")
-        kind = kind.lower()
-        if kind not in HEAD_ITEMS:
-            raise InputError(
-                f"unknown head item '{item}'{did_you_mean(kind, list(HEAD_ITEMS))}; items: {HEAD_SYNTAX}"
-            )
-        arity = {"gap": (0, 0), "gmp": (0, 0), "flatten": (0, 0), "dense": (1, 2), "dropout": (1, 1),
-                 "activation": (1, 1), "classes": (1, 2)}[kind]
-        if not arity[0] <= len(args) <= arity[1]:
-            raise InputError(f"head item '{item}' has {len(args)} argument(s); write it as {_syntax_of(kind)}")
-        if kind in ("dense", "classes"):
-            units = _positive_int(args[0], item, kind)
-            activation = args[1] if len(args) > 1 else ("softmax" if kind == "classes" else None)
-            if kind == "classes" and activation not in ("softmax", "linear"):
-                raise InputError(f"head item '{item}': the classes activation must be softmax or linear")
-            if kind == "classes" and position != len(items) - 1:
-                raise InputError(f"head item '{item}' must be the last item of the head")
-            layers.append(HeadLayer(kind, units=units, activation=_activation(activation, item)))
-        elif kind == "dropout":
-            try:
-                rate = float(args[0])
-            except ValueError:
-                rate = -1.0
-            if not 0 <= rate < 1:
-                raise InputError(f"head item '{item}': RATE must be a number in [0, 1)")
-            layers.append(HeadLayer(kind, rate=rate))
-        elif kind == "activation":
-            layers.append(HeadLayer(kind, activation=_activation(args[0], item)))
-        else:
-            layers.append(HeadLayer(kind))
-    return layers
+    return [_parse_head_item(item, last=position == len(items) - 1) for position, item in enumerate(items)]
+
+
+def _parse_head_item(item: str, last: bool) -> HeadLayer:
+    """One head item: its kind and argument count checked, then its arguments by kind."""
+    kind, *args = item.split(":")
+    kind = kind.lower()
+    if kind not in HEAD_ITEMS:
+        raise InputError(f"unknown head item '{item}'{did_you_mean(kind, list(HEAD_ITEMS))}; items: {HEAD_SYNTAX}")
+    fewest, most = HEAD_ARITY[kind]
+    if not fewest <= len(args) <= most:
+        raise InputError(f"head item '{item}' has {len(args)} argument(s); write it as {_syntax_of(kind)}")
+    if kind in ("dense", "classes"):
+        return _units_item(kind, args, item, last)
+    if kind == "dropout":
+        return HeadLayer(kind, rate=_dropout_rate(args[0], item))
+    if kind == "activation":
+        return HeadLayer(kind, activation=_activation(args[0], item))
+    return HeadLayer(kind)
+
+
+def _units_item(kind: str, args: list[str], item: str, last: bool) -> HeadLayer:
+    """dense:UNITS[:ACTIVATION] or classes:N[:softmax|linear] (classes only as the last item)."""
+    units = _positive_int(args[0], item, kind)
+    activation = args[1] if len(args) > 1 else ("softmax" if kind == "classes" else None)
+    if kind == "classes" and activation not in ("softmax", "linear"):
+        raise InputError(f"head item '{item}': the classes activation must be softmax or linear")
+    if kind == "classes" and not last:
+        raise InputError(f"head item '{item}' must be the last item of the head")
+    return HeadLayer(kind, units=units, activation=_activation(activation, item))
+
+
+def _dropout_rate(text: str, item: str) -> float:
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = -1.0
+    if not 0 <= rate < 1:
+        raise InputError(f"head item '{item}': RATE must be a number in [0, 1)")
+    return rate
 
 
 def _syntax_of(kind: str) -> str:
@@ -457,33 +468,43 @@ def _run(graph: _Graph, inputs: list[Any], plan: _Plan, produced: dict[str, list
         if node.is_input or layer is None:
             continue
         address = graph.prefix + layer.name
-        if address in plan.blocks:  # the block's output is its shortcut
-            shortcut = tensors.get(id(plan.blocks[address].shortcut))
-            if shortcut is not None:
-                tensors[id(node.outputs[0])] = shortcut
+        outputs = _node_outputs(node, address, tensors, plan, produced)
+        if outputs is None:
             continue
-        if address in plan.removed and address not in plan.bypass:
-            continue  # on a dropped block's branch
-        if any(id(x) not in tensors for x in node.input_tensors):
-            continue  # not reachable from the inputs we have
-        args, kwargs = node.arguments.fill_in(tensors)
-        if address in plan.bypass:
-            outputs = [tensors[id(node.input_tensors[0])]]
-        elif _is_submodel(layer) and address in plan.enter:
-            inner = _analyse(layer, address + "/")
-            from keras import KerasTensor
-
-            inner_inputs = [t for t in _flat(args) if isinstance(t, KerasTensor)]
-            outputs = _run(inner, inner_inputs, plan, produced)
-            if any(o is None for o in outputs):
-                continue  # the cut stops inside the sub-model
-        else:
-            outputs = _flat(layer(*args, **kwargs))
         for x, y in zip(node.outputs, outputs, strict=True):
             tensors[id(x)] = y
         if address not in plan.removed:
             produced.setdefault(address, list(outputs))  # a shared layer: its first call
     return [tensors.get(id(x)) for x in graph.outputs]
+
+
+def _node_outputs(node: Any, address: str, tensors: dict[int, Any], plan: _Plan,
+                  produced: dict[str, list[Any]]) -> list[Any] | None:
+    """The new tensors one layer call gives under the plan; None when it gives none."""
+    if address in plan.blocks:  # the block's output is its shortcut
+        shortcut = tensors.get(id(plan.blocks[address].shortcut))
+        return None if shortcut is None else [shortcut]
+    if address in plan.removed and address not in plan.bypass:
+        return None  # on a dropped block's branch
+    if any(id(x) not in tensors for x in node.input_tensors):
+        return None  # not reachable from the inputs we have
+    args, kwargs = node.arguments.fill_in(tensors)
+    if address in plan.bypass:
+        return [tensors[id(node.input_tensors[0])]]
+    if _is_submodel(node.operation) and address in plan.enter:
+        return _run_submodel(node.operation, address, args, plan, produced)
+    return _flat(node.operation(*args, **kwargs))
+
+
+def _run_submodel(layer: Any, address: str, args: Any, plan: _Plan,
+                  produced: dict[str, list[Any]]) -> list[Any] | None:
+    """Inline a sub-model the plan enters; None when the cut stops inside it."""
+    from keras import KerasTensor
+
+    inner = _analyse(layer, address + "/")
+    inner_inputs = [t for t in _flat(args) if isinstance(t, KerasTensor)]
+    outputs = _run(inner, inner_inputs, plan, produced)
+    return None if any(o is None for o in outputs) else outputs
 
 
 def _used_inputs(outputs: list[Any], new_inputs: list[Any]) -> set[int]:
@@ -537,12 +558,7 @@ def truncate(
 
     _check_eval_has_train(train_data, eval_data)
     graph = _analyse(model)
-    unsafe = untrusted_layers(model)
-    if unsafe and not trust:
-        raise InputError(
-            f"model '{model.name}' has Lambda or custom layers: {', '.join(unsafe)}; truncation runs "
-            f"their Python code and the saved result needs it to load; {TRUST_HINT}"
-        )
+    _check_trusted(model, trust)
     cuts, drops = _resolved_addresses(model, graph, at, drop)
     head_layers = _head_layers(head)
     if head_layers and len(cuts) > 1:
@@ -552,16 +568,7 @@ def truncate(
     produced: dict[str, list[Any]] = {}
     final = _run(graph, new_inputs, plan, produced)
     if cuts:
-        outputs = []
-        for address in cuts:
-            if address not in produced:
-                why = plan.removed.get(address) or _removed_reason(address, plan)
-                raise InputError(
-                    f"no path from the model's inputs reaches layer '{address}' in the truncated model"
-                    f" ({why}); cut at a layer that is kept"
-                )
-            outputs.extend(produced[address])
-        _check_drops_are_kept(model, drops, cuts)
+        outputs = _cut_outputs(model, cuts, drops, plan, produced)
     else:
         outputs = [t for t in final if t is not None]
     if head_layers and len(outputs) != 1:
@@ -569,20 +576,8 @@ def truncate(
             f"a head goes on one output, but the cut layer gives {len(outputs)} outputs"
             f"{_states_hint(model, cuts)}"
         )
-    used = _used_inputs(outputs, new_inputs)
-    unused = [t.name for t in new_inputs if id(t) not in used]
-    if unused:
-        raise InputError(
-            f"the cut leaves model input(s) {', '.join(repr(n) for n in unused)} unused (no kept layer "
-            "reads them); add a cut point on their branch, or cut the model that takes only the inputs you use"
-        )
-    try:
-        base = keras.Model(_one_or_list(new_inputs), _one_or_list(outputs), name=name or f"{model.name}_truncated")
-    except ValueError as e:  # Keras: "The name "x" is used 2 times in the model"
-        raise InputError(
-            f"cannot build the truncated model: {str(e).strip().splitlines()[0][:300]} (a sub-model addressed as "
-            "outer/inner is inlined, so its layer names must differ from the outer model's)"
-        ) from e
+    _check_inputs_used(outputs, new_inputs)
+    base = _functional(new_inputs, outputs, name or f"{model.name}_truncated")
     if not head_layers:
         if train_data is not None:
             raise InputError("train_data was given without a head: only a new head is trained")
@@ -590,6 +585,55 @@ def truncate(
     return attach_head(base, head_layers, train_data, eval_data=eval_data, epochs=epochs, seed=seed,
                        batch_size=batch_size, learning_rate=learning_rate, name=name or f"{model.name}_truncated",
                        progress=progress)
+
+
+def _check_trusted(model: Any, trust: bool) -> None:
+    """Truncation runs every kept layer's Python code: Lambda and custom layers need trust."""
+    unsafe = untrusted_layers(model)
+    if unsafe and not trust:
+        raise InputError(
+            f"model '{model.name}' has Lambda or custom layers: {', '.join(unsafe)}; truncation runs "
+            f"their Python code and the saved result needs it to load; {TRUST_HINT}"
+        )
+
+
+def _cut_outputs(model: Any, cuts: list[str], drops: list[str], plan: _Plan,
+                 produced: dict[str, list[Any]]) -> list[Any]:
+    """The new tensors of each cut point, in order; each must still be computed under the plan."""
+    outputs = []
+    for address in cuts:
+        if address not in produced:
+            why = plan.removed.get(address) or _removed_reason(address, plan)
+            raise InputError(
+                f"no path from the model's inputs reaches layer '{address}' in the truncated model"
+                f" ({why}); cut at a layer that is kept"
+            )
+        outputs.extend(produced[address])
+    _check_drops_are_kept(model, drops, cuts)
+    return outputs
+
+
+def _check_inputs_used(outputs: list[Any], new_inputs: list[Any]) -> None:
+    used = _used_inputs(outputs, new_inputs)
+    unused = [t.name for t in new_inputs if id(t) not in used]
+    if unused:
+        raise InputError(
+            f"the cut leaves model input(s) {', '.join(repr(n) for n in unused)} unused (no kept layer "
+            "reads them); add a cut point on their branch, or cut the model that takes only the inputs you use"
+        )
+
+
+def _functional(inputs: list[Any], outputs: list[Any], name: str) -> Any:
+    """The truncated base model; Keras' duplicate-name error explained for inlined sub-models."""
+    import keras
+
+    try:
+        return keras.Model(_one_or_list(inputs), _one_or_list(outputs), name=name)
+    except ValueError as e:  # Keras: "The name "x" is used 2 times in the model"
+        raise InputError(
+            f"cannot build the truncated model: {str(e).strip().splitlines()[0][:300]} (a sub-model addressed as "
+            "outer/inner is inlined, so its layer names must differ from the outer model's)"
+        ) from e
 
 
 def _resolved_addresses(model: Any, graph: _Graph, at: Any, drop: Any) -> tuple[list[str], list[str]]:
