@@ -24,8 +24,8 @@ from typing import Any
 from .config import TargetProfile, list_profiles, load_profile
 from .errors import ConfigError, ToolchainError
 from .fileio import atomic_write_json
+from .records import ESTIMATES_SCHEMA_VERSION, EstimatesDocument
 
-ESTIMATES_SCHEMA_VERSION = "1.1"
 METHOD = ("lower bound = max(MACs x 2 / peak op/s, artifact bytes / memory bandwidth) "
           "from the target profile's [hardware] facts (int8 artifacts at peak_int8_gops where the profile "
           "gives it, else at the fp32 peak), assuming the weights stream from DRAM once per "
@@ -145,5 +145,6 @@ def write_estimates(
         profiles, unreadable = unmeasured_profiles(measured, extra_dirs)
         doc = estimate(macs, batch_size, artifacts, profiles)
         doc["skipped"] += unreadable
+    doc = EstimatesDocument.model_validate(doc).to_json()  # typed: a wrong shape fails here, not in a reader
     atomic_write_json(run_dir / "estimates.json", doc)
     return doc

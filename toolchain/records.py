@@ -1,7 +1,7 @@
 """Typed results of the pipeline's stages; JSON only at the edges (cache records, result files).
 
-verify.json, bench.json and budgets.json are dumps of VerifyDocument, BenchDocument and
-BudgetsDocument; their JSON
+verify.json, bench.json, budgets.json and estimates.json are dumps of VerifyDocument,
+BenchDocument, BudgetsDocument and EstimatesDocument; their JSON
 schemas (toolchain/schemas/*.schema.json) are generated from these models
 (`python -m toolchain.records` rewrites them; a test checks they are current).
 """
@@ -18,6 +18,7 @@ SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 VERIFY_SCHEMA_VERSION = "1.0"
 BENCH_SCHEMA_VERSION = "1.0"
 BUDGETS_SCHEMA_VERSION = "1.0"
+ESTIMATES_SCHEMA_VERSION = "1.1"
 
 
 class Record(BaseModel):
@@ -183,7 +184,45 @@ class BudgetsDocument(Record):
     results: list[BudgetResult]
 
 
-SCHEMAS = {"verify": VerifyDocument, "bench": BenchDocument, "budgets": BudgetsDocument}
+class EstimateRow(Record):
+    """One artifact x unmeasured target: a roofline lower bound, never a measurement."""
+
+    artifact: str
+    target: str
+    recipe: str | None
+    peak_gflops: float
+    compute_peak_gops: float
+    compute_precision: Literal["int8", "fp32"]
+    memory_bandwidth_gbs: float
+    bytes: int
+    note: str | None
+    compute_ms: float
+    memory_ms: float
+    lower_bound_ms: float
+    bound: Literal["compute", "memory"]
+
+
+class EstimateSkip(Record):
+    """A target that got no estimate, and why."""
+
+    target: str
+    reason: str
+
+
+class EstimatesDocument(Record):
+    """estimates.json"""
+
+    schema_version: str = ESTIMATES_SCHEMA_VERSION
+    kind: Literal["estimate"] = "estimate"
+    method: str
+    macs_per_sample: int | None
+    batch_size: int
+    estimates: list[EstimateRow]
+    skipped: list[EstimateSkip]
+
+
+SCHEMAS = {"verify": VerifyDocument, "bench": BenchDocument, "budgets": BudgetsDocument,
+           "estimates": EstimatesDocument}
 
 
 def json_schema(name: str) -> dict[str, Any]:
