@@ -305,6 +305,7 @@ def residual_cnn_file(tmp_path_factory) -> Path:
     outputs = keras.layers.Dense(4, activation="softmax", name="scores")(x)
     path = tmp_path_factory.mktemp("models") / "residual_cnn_with_a_long_descriptive_name.keras"
     keras.Model(inputs, outputs, name="residual_cnn").save(path)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -44,7 +44,7 @@ def test_config_reference_has_every_key_of_every_section():
     walk(PipelineConfig)
     walk(TargetProfile)
     assert "| `opset` | integer | `17` | ≥ 13, ≤ 21 |" in page
-    assert '| `kind` | "local" \\| "ssh" \\| "emulated" | `"local"` |' in page
+    assert '| `kind` | "local" \\| "ssh" \\| "emulated" \\| "fleet" | `"local"` |' in page
     assert "| `path` | path | **required** |  | .keras or .h5, loaded in safe mode |" in page  # from the example
 
 
@@ -52,11 +52,12 @@ def test_recipes_table_lists_every_recipe_with_its_tolerance():
     from toolchain.config import ONNX_RECIPES, TFLITE_RECIPES
 
     rows = generate.recipe_rows()
-    assert [(r["format"], r["recipe"]) for r in rows] == (
+    assert [(r.format, r.name) for r in rows] == (
         [("tflite", r) for r in TFLITE_RECIPES] + [("onnx", r) for r in ONNX_RECIPES])
     page = generate.recipes_page()
-    assert "| onnx | `int8` | required | cosine ≥ 0.9, top-1 agreement ≥ 0.9, accuracy drop ≤ 0.015 |" in page
-    assert "| tflite | `fp16` | — | max abs error ≤ 0.01," in page
+    assert "| onnx | `int8` | cosine ≥ 0.9, top-1 agreement ≥ 0.9, accuracy drop ≤ 0.015 |" in page
+    assert "| tflite | `fp16` | max abs error ≤ 0.01," in page
+    assert "| tflite | `int8` |" in page and "refused: selective quantization" in page  # keep_float and why
 
 
 def test_example_comments_are_read_with_sections_and_continuations(tmp_path):

@@ -55,7 +55,7 @@ def test_every_private_attribute_exists(small_cnn, sequential_model):
 def test_nodes_come_in_topological_order(small_cnn):
     nodes = keras_graph.nodes_in_order(small_cnn)
     names = [node.operation.name for node in nodes]
-    assert names == ["pixels", "conv", "gap", "scores"]
+    assert names == ["pixels", "conv", "flatten", "scores"]
     assert nodes[0].is_input and not nodes[1].is_input
     assert nodes[1].input_tensors[0] is nodes[0].outputs[0]
 
@@ -65,7 +65,7 @@ def test_producers_of_tensors(small_cnn):
     assert keras_graph.producing_operation(output).name == "scores"
     node = keras_graph.producing_node(output)
     assert node.operation.name == "scores"
-    assert keras_graph.producing_operation(node.input_tensors[0]).name == "gap"
+    assert keras_graph.producing_operation(node.input_tensors[0]).name == "flatten"
     assert keras_graph.producing_operation(small_cnn.inputs[0]).name == "pixels"
     assert keras_graph.producing_node("not a tensor") is None
 

@@ -444,13 +444,13 @@ BENCH_KINDS = {"artifact": "name", "target": "name", "backend": "text", "notes":
 GROUP_KINDS = {"artifact": "name", "fleet": "name", "outliers": "text", "failed": "text"}  # the rest: numbers
 
 
-def _print_bench(results: list[dict[str, Any]], document: dict[str, Any]) -> None:
+def _print_bench(results: list[dict[str, Any]], document: dict[str, Any] | None = None) -> None:
     from .fleet import GROUP_COLUMNS, group_table_rows
     from .stages.bench import COMPARISON_COLUMNS, comparison_rows
 
     columns = [Column(key, title, BENCH_KINDS.get(key, "number")) for key, title in COMPARISON_COLUMNS]
     print_rows(out, "benchmark (latency per inference)", columns, comparison_rows(results))
-    if document.get("groups"):
+    if document and document.get("groups"):
         columns = [Column(key, title, GROUP_KINDS.get(key, "number")) for key, title in GROUP_COLUMNS]
         print_rows(out, "fleets (median of the devices' p50)", columns, group_table_rows(document["groups"]))
 

@@ -19,6 +19,7 @@ from rich.table import Table
 
 KINDS = ("name", "number", "text")
 UNLIMITED = 100_000  # width to measure a table's own minimum at
+SHORT_HEADER = 12  # headers up to this long stay on one line ("p90 ms", "peak RSS MB")
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,10 @@ def build_table(title: str | None, columns: Sequence[Column], rows: Iterable[Map
         if column.kind == "text":
             table.add_column(column.title, overflow="fold", min_width=min(12, max(map(len, cells), default=1)))
             continue
-        # fixed width: the widest cell, or the header's longest word; the header may wrap, a cell never does
-        width = max([len(c) for c in cells] + [_longest_word(column.title)])
+        # fixed width: the widest cell, or the header (its longest word when the header is long: then
+        # the header wraps, a cell never does)
+        header = len(column.title) if len(column.title) <= SHORT_HEADER else _longest_word(column.title)
+        width = max([len(c) for c in cells] + [header])
         table.add_column(column.title, width=width, overflow="fold",
                          justify="right" if column.kind == "number" else "left")
     for row in rows:

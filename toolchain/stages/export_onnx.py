@@ -45,9 +45,6 @@ def export_onnx(
                        f"ONNX export of '{model.name}'")
     if batch_size is None:
         _name_batch_dimension(model_proto)
-    # tf2onnx writes "converted from __inference_named_<N>": N counts what this process traced
-    # before, so the same model would give different bytes in another process (or a Ray worker).
-    model_proto.graph.doc_string = ""
     metadata = dict(metadata or {})
     if nchw_inputs:
         metadata[NCHW_INPUTS_KEY] = ",".join(nchw_inputs)
