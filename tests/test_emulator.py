@@ -328,6 +328,11 @@ def test_no_answer_in_time_is_a_timeout_verdict_with_the_hint(emulator_cache, cn
     from toolchain.emulator import run as run_module
 
     monkeypatch.setattr(run_module, "HEARTBEAT_SECONDS", 1.0)
+    # a device runner that never answers, under the real QEMU: the timeout does not depend on how fast
+    # this machine emulates the real runner (a quiet CI machine ran the tiny CNN in under 3 s)
+    never_answers = tmp_path / "never_answers.py"
+    never_answers.write_text("import time\nwhile True:\n    time.sleep(1)\n")
+    monkeypatch.setattr(run_module, "RUNNER_PATH", never_answers)
     artifact = str(cnn_artifacts / "cnn.fp32.tflite")
     code = main(["emulator", "check", artifact, "--timeout", "3", "--cache-dir", str(emulator_cache),
                  "--golden", str(tmp_path / "golden")])
