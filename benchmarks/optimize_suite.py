@@ -99,6 +99,7 @@ def ratios(rows: list[dict[str, Any]], document: dict[str, Any], threads: int) -
     fastest = next((k for k in by_role if k[1] == "fastest-int8-class"), None)
     if recommended:
         add("recommended vs keras.export fp32 (tflite)", recommended, ("tflite", "fp32", "keras.export"))
+        add("recommended vs keras.export fp32 (onnx)", recommended, ("onnx", "fp32", "keras.export"))
         add("recommended vs TFLiteConverter int8", recommended, ("tflite", "int8", "TFLiteConverter"))
     if fastest:
         for plain in ("tflite-int8", "onnx-int8"):
@@ -122,9 +123,9 @@ def run_model(name: str, threads: list[int], repeats: int, min_seconds: float, f
     bench_model = models.build(name)
     theirs, _, failures = baselines.export_all(bench_model.model, bench_model.calibration, folder / "baselines")
     entry: dict[str, Any] = {"model": name, "note": bench_model.note, "baseline_failures": failures, "runs": []}
-    for count in threads:
-        document = run_search(bench_model, count, folder / f"search-{count}", min_seconds)
-        files = compared_files(document, folder / f"search-{count}", theirs)
+    for count in threads:  # one search folder: candidates are built once, benchmarked per thread count
+        document = run_search(bench_model, count, folder / "search", min_seconds)
+        files = compared_files(document, folder / "search", theirs)
         rows = latency.measure(files, [count], repeats, 5, min_seconds)
         entry["runs"].append({
             "threads": count, "search_wall_seconds": document["measured_wall_seconds"],
@@ -136,19 +137,33 @@ def run_model(name: str, threads: list[int], repeats: int, min_seconds: float, f
     return entry
 
 
+def _verdict(row: dict[str, Any]) -> str:
+    if row["ratio"] != row["ratio"]:  # nan: nothing compared
+        return "-"
+    if row["comparison"].startswith("fastest int8-class"):
+        return "faster" if row["ratio"] < 1 else "no gain"
+    return "ok" if row["ratio"] <= 1 + row["noise"] else "SLOWER"
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"# Optimize benchmark {result['date']}", "",
              f"Machine: {result['machine']['cpu_model']}, {result['machine']['cores']} cores; "
-             f"repeats {result['repeats']}, min_seconds {result['min_seconds']}.", "",
-             "| model | threads | search s | candidates | recommended | comparison | ratio | noise |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"repeats {result['repeats']}, min_seconds {result['min_seconds']}; load average at start "
+             f"{result['machine'].get('load_average_at_start')}, at end {result.get('load_average_at_end')} "
+             "(other jobs ran at nice 19 while measured).", "",
+             "Ratios are p50 ours / theirs, measured interleaved in fresh processes; noise is the larger",
+             "p50 spread of the two across repeats. Verdict: `ok` when the ratio is at most 1 + noise.",
+             "The search's wall time of the first thread count includes building and verifying every",
+             "candidate; later thread counts reuse the builds (cached) and only re-measure.", "",
+             "| model | threads | search s | candidates | recommended | comparison | ratio | noise | verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for entry in result["models"]:
         for run in entry.get("runs", []):
             chosen = (run["recommended"] or {}).get("candidate", "none")
             for r in run["ratios"] or [{"comparison": "-", "ratio": float("nan"), "noise": 0}]:
                 lines.append(f"| {entry['model']} | {run['threads']} | {run['search_wall_seconds']:.0f} | "
                              f"{run['candidates']} | {chosen} | {r['comparison']} | {r['ratio']:.2f}x | "
-                             f"±{r['noise']:.0%} |")
+                             f"±{r['noise']:.0%} | {_verdict(r)} |")
     lines += ["", "Where int8 still loses (from the search's explanations):", ""]
     for entry in result["models"]:
         for run in entry.get("runs", []):
@@ -178,6 +193,7 @@ def main() -> int:
             except Exception as e:  # one model's failure is a finding; the others still run
                 say(f"{name}: FAILED: {e}")
                 result["models"].append({"model": name, "error": f"{type(e).__name__}: {e}"})
+    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     (args.out / f"{stem}.md").write_text(markdown(result))
     print(markdown(result))

@@ -281,12 +281,36 @@ def test_known_hosts_path_with_spaces_and_percent_reaches_ssh_whole(folder, ssh_
     assert done.returncode == 0 and done.stdout.strip() == "reached", done.stderr
 
 
-def ssh_profile(server, known_hosts: Path):
+@pytest.mark.parametrize("folder", ["my keys", "50% off %d", "${HOME}x", "tab\there"])
+def test_identity_path_with_spaces_and_percent_reaches_ssh_whole(folder, ssh_server, tmp_path):
+    """ssh expands % tokens and ${VAR} in identity paths as in known_hosts paths: the key is
+    used as named, or the path is refused before ssh runs."""
+    import shutil
+    import subprocess
+
+    from toolchain.errors import ConfigError
+    from toolchain.targets import SSHTarget
+
+    identity = tmp_path / folder / "id key"
+    if "\t" in folder or "${" in folder:
+        profile = ssh_profile(ssh_server, ssh_server.known_hosts_file, identity)
+        with pytest.raises(ConfigError, match="identity path .* has a character ssh cannot take in an option value"):
+            SSHTarget(profile).ssh_argv("true")
+        return
+    identity.parent.mkdir()
+    shutil.copy(ssh_server.identity_file, identity)
+    identity.chmod(0o600)
+    profile = ssh_profile(ssh_server, ssh_server.known_hosts_file, identity)
+    done = subprocess.run(SSHTarget(profile).ssh_argv("echo reached"), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "reached", done.stderr
+
+
+def ssh_profile(server, known_hosts: Path, identity: Path | None = None):
     from toolchain.config import TargetProfile
 
     return TargetProfile.model_validate({"name": "test-device", "connection": {
         "kind": "ssh", "host": server.host, "port": server.port, "user": server.user,
-        "identity": str(server.identity_file), "known_hosts": str(known_hosts)}})
+        "identity": str(identity or server.identity_file), "known_hosts": str(known_hosts)}})
 
 
 # ---- a full disk --------------------------------------------------------------------------------

@@ -103,9 +103,9 @@ class SSHTarget:
             "-o", "LogLevel=ERROR",
         ]
         if c.known_hosts is not None:
-            argv += ["-o", f"UserKnownHostsFile={self._option_path(c.known_hosts)}"]
-        if c.identity is not None:
-            argv += ["-i", str(c.identity), "-o", "IdentitiesOnly=yes"]
+            argv += ["-o", f"UserKnownHostsFile={self._option_path(c.known_hosts, 'known_hosts')}"]
+        if c.identity is not None:  # not `-i`: ssh expands % and ${...} in identity paths too
+            argv += ["-o", f"IdentityFile={self._option_path(c.identity, 'identity')}", "-o", "IdentitiesOnly=yes"]
         if c.port is not None:
             argv += ["-p", str(c.port)]
         if c.user is not None:
@@ -114,12 +114,12 @@ class SSHTarget:
         argv += ["--", str(c.host), remote]
         return argv
 
-    def _option_path(self, path: Path) -> str:
+    def _option_path(self, path: Path, what: str) -> str:
         """A path as one `-o` option value: ssh splits values at spaces and expands % and ${...}."""
         text = str(path)
         if any(c in text for c in '"\\') or "${" in text or not text.isprintable():
             raise ConfigError(
-                f"target '{self.profile.name}': known_hosts path {text[:200]!r} has a character ssh cannot "
+                f"target '{self.profile.name}': {what} path {text[:200]!r} has a character ssh cannot "
                 "take in an option value (a double quote, backslash, '${' or a control character); "
                 "rename or move the file"
             )
