@@ -1,10 +1,11 @@
-# Command 1: `make demo`   Command 2: `make test`   Benchmarks: `make bench` (`make bench-quick`)
+# Command 1: `make demo`   Command 2: `make test`   Benchmarks: `make bench` (`make bench-quick`),
+# `make bench-optimize`, `make bench-scaleout`
 # Developers: `make test-quick` (no heavy tests), `make lint` (ruff + complexity), `make docs` (site/)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-quick lint docs docs-serve bench bench-quick clean
+.PHONY: demo test test-quick lint docs docs-serve bench bench-quick bench-optimize bench-scaleout clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +48,15 @@ bench: $(VENV)/.installed
 
 bench-quick: $(VENV)/.installed
 	$(BIN)/python benchmarks/suite.py --quick
+
+# `edge-toolchain optimize` against keras.export and TFLiteConverter (benchmarks/optimize_suite.py, ~40 min)
+bench-optimize: $(VENV)/.installed
+	$(BIN)/python benchmarks/optimize_suite.py
+
+# Ray executor overhead, fleet fan-out, and the five-model pipeline on 1 and 2 Ray workers (~40 min)
+bench-scaleout: $(VENV)/.installed
+	$(BIN)/python benchmarks/ray_overhead.py --skip-pipeline
+	$(BIN)/python benchmarks/ray_suite_wall.py
 
 clean:
 	rm -rf $(VENV) demo-run .pytest_cache site
