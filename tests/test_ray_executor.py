@@ -297,3 +297,50 @@ def test_sweep_points_on_two_nodes_match_in_process(cluster, demo_inputs, tmp_pa
     for label in ("full model", "conv1", "flatten"):
         assert re.search(rf"· {label} \(on 127\.0\.0\.1/", err), label
     assert not list((tmp_path / "ray").glob(".*")), "temp files left behind"
+
+
+OPTIMIZE_PIPELINE = """
+[model]
+path = "{model}"
+[data]
+eval = "{data}"
+[data.calibration]
+source = "eval"
+[export]
+formats = ["tflite"]
+[export.tflite]
+recipes = ["fp32"]
+[bench]
+targets = ["local"]
+threads = [1]
+min_seconds = 0.05
+[report]
+enabled = false
+[optimize]
+formats = ["tflite"]
+candidates = ["tflite-dynamic"]
+max_accuracy_drop = 0.5
+min_seconds = 0.05
+explain = false
+[execution]
+backend = "ray"
+ray_address = "{address}"
+"""
+
+
+def test_pipeline_optimize_stage_builds_its_candidates_on_the_cluster(cluster, small_cnn_file, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data.npz"
+    np.savez(data, pixels=rng.uniform(0, 1, (30, 16, 16, 3)).astype(np.float32), y=rng.integers(0, 5, 30))
+    config = tmp_path / "pipeline.toml"
+    config.write_text(OPTIMIZE_PIPELINE.format(model=small_cnn_file, data=data, address=cluster.address))
+    capsys.readouterr()
+    assert main(["run", str(config), "--out", str(tmp_path / "run"), "--log-json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    built = sorted(e["unit"] for e in events if e.get("stage") == "optimize" and e.get("status") == "done"
+                   and "node" in e)
+    assert built == ["tflite-dynamic", "tflite-fp32"]
+    document = json.loads((tmp_path / "run" / "optimize" / "optimize.json").read_text())
+    assert [c["verdict"] for c in document["candidates"]] == ["pass", "pass"]
+    assert document["recommended"]["local"]["measured"]  # benchmarked in the driver
+    assert not list((tmp_path / "run" / "optimize" / "candidates").glob(".*")), "scratch left behind"
