@@ -271,6 +271,21 @@ def test_bad_options_are_one_line_errors(tmp_path, mnv3_digits, capsys, args, me
     assert not (tmp_path / "out" / "optimize.json").exists()
 
 
+@pytest.mark.parametrize("command", ["optimize", "sweep"])
+@pytest.mark.parametrize("args, message", [
+    (["--executor", "dask"], "--executor must be inprocess or ray, got 'dask'"),
+    (["--ray-address", "auto"], "--ray-address needs --executor ray"),
+    (["--executor", "ray", "--ray-address", "host;reboot"], "--ray-address 'host;reboot' is not an address"),
+])
+def test_executor_options_are_checked_before_anything_runs(tmp_path, capsys, command, args, message):
+    out = tmp_path / "out"
+    code = main([command, str(tmp_path / "model.keras"), "--data", str(tmp_path / "data.npz"), "--out", str(out),
+                 *args])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_too_little_data_is_refused(tmp_path, mnv3_digits, capsys):
     model, _ = mnv3_digits
     np.savez(tmp_path / "tiny.npz", pixels=np.zeros((3, 16, 16, 1), np.float32), y=np.zeros(3, np.int64))

@@ -4,17 +4,20 @@ Two nodes (one CPU each) on loopback; a pipeline's export and verify units run t
 tasks and must produce the same bytes as an in-process run, sharing its cache. A unit whose
 worker process dies is retried; one that keeps dying, or fails on its own, fails the run
 with the right error; a cluster that is not there is exit 6 within the connect timeout.
+Optimize candidates and sweep points run there too, with the same files and figures as in process.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # Ray resolves 127.0.0.1 to the machine's outward address unless its cluster mode is off
@@ -215,3 +218,129 @@ def test_bad_executor_options_are_exit_2(pipeline_copy, tmp_path, capsys, args, 
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+# ---- optimize candidates and sweep points as units (issue 17) ------------------------------
+
+def test_optimize_candidates_on_two_nodes_match_in_process_and_share_its_cache(cluster, small_cnn_file, tmp_path):
+    """Each candidate's build and verify is a unit on the cluster; benchmarks stay in the driver."""
+    from toolchain.config import find_profile
+    from toolchain.optimize.candidates import Candidate, candidates_for
+    from toolchain.optimize.search import Budget, SearchSettings, load_inputs, search
+    from toolchain.remote_units import Placement
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data.npz"
+    np.savez(data, pixels=rng.uniform(0, 1, (30, 16, 16, 3)).astype(np.float32), y=rng.integers(0, 5, 30))
+    inputs = load_inputs(small_cnn_file, data)
+    # a knob the quantizer refuses: the build fails on the worker as it does here
+    candidates = [*candidates_for(inputs.model, ["tflite", "onnx"], ["tflite-int8", "onnx-int8"]),
+                  Candidate("onnx-int8-bad-knob", "onnx", "int8", knobs={"no_such_knob": 1})]
+    settings = SearchSettings(explain=False, bench={"min_seconds": 0.05})
+    profiles = [find_profile("local")]
+    budget = Budget(max_accuracy_drop=0.5)
+    local = search(inputs, candidates, profiles, tmp_path / "local", budget, settings)
+    events = []
+    executor = RayExecutor(cluster.address)
+    executor.on_event = events.append
+    remote = search(inputs, candidates, profiles, tmp_path / "ray", budget, settings,
+                    placement=Placement(executor, small_cnn_file))
+
+    fields = ("name", "verdict", "sha256", "bytes", "accuracy")
+    assert [{k: c.get(k) for k in fields} for c in remote["candidates"]] == \
+        [{k: c.get(k) for k in fields} for c in local["candidates"]]
+    verdicts = {c["name"]: c["verdict"] for c in remote["candidates"]}
+    assert verdicts == {"tflite-fp32": "pass", "onnx-fp32": "pass", "tflite-int8": "pass", "onnx-int8": "pass",
+                        "onnx-int8-bad-knob": "build-failed"}
+    assert "no_such_knob" in next(c["why"] for c in remote["candidates"] if c["name"] == "onnx-int8-bad-knob")
+    built = sorted(p.name for p in (tmp_path / "ray" / "candidates").iterdir())
+    assert built == sorted(Path(c["path"]).name for c in remote["candidates"] if c["verdict"] == "pass")
+    for name in built:  # byte for byte, and no scratch or partial file beside them
+        assert (tmp_path / "ray" / "candidates" / name).read_bytes() == \
+            (tmp_path / "local" / "candidates" / name).read_bytes()
+    done = [e for e in events if e["status"] == "done"]
+    assert sorted(e["unit"] for e in done) == sorted(c.name for c in candidates)
+    assert {e["stage"] for e in events} == {"optimize"}
+    assert len({e["node"] for e in done}) == 2, "candidates built on one node only"
+    measured = remote["targets"]["local"]["results"]
+    assert {name for name, r in measured.items() if "p50_ms" in r or "probe" in r} == \
+        {name for name, verdict in verdicts.items() if verdict == "pass"}  # benchmarked here, each passing one
+
+    # the same search in process is served from the distributed search's cache
+    messages = []
+    again = search(inputs, candidates, profiles, tmp_path / "ray", budget, settings, progress=messages.append)
+    cached = {c["name"]: c["cached"]["build"] for c in again["candidates"]}
+    assert cached == {**{name: True for name in verdicts}, "onnx-int8-bad-knob": False}  # failures are not cached
+    assert f"{candidates[0].name}: cached" in messages
+
+
+def test_sweep_points_on_two_nodes_match_in_process(cluster, demo_inputs, tmp_path, capsys):
+    """Each point's head training, export and scoring is a unit on the cluster (`sweep --executor ray`)."""
+    common = [str(demo_inputs / "digits_cnn.keras"), "--data", str(demo_inputs / "digits_train.npz"),
+              "--eval", str(demo_inputs / "digits_eval.npz"), "--at", "conv1", "--at", "flatten", "--epochs", "2",
+              "--samples", "300", "--min-seconds", "0.05", "--no-drops"]
+    assert main(["sweep", *common, "--out", str(tmp_path / "local")]) == 0
+    capsys.readouterr()
+    assert main(["sweep", *common, "--out", str(tmp_path / "ray"), "--executor", "ray",
+                 "--ray-address", cluster.address]) == 0
+    err = capsys.readouterr().err
+
+    def points(folder: str) -> list[dict]:
+        document = json.loads((tmp_path / folder / "sweep.json").read_text())
+        return [{k: v for k, v in p.items() if k not in ("latency_ms", "pareto")} for p in document["points"]]
+
+    assert points("ray") == points("local")
+    assert [p["at"] for p in points("ray")] == [None, "conv1", "flatten"]
+    assert "cut at flatten: training the head classes:10 on the cluster" in err
+    nodes = set(re.findall(r"\(on (127\.0\.0\.1/[0-9a-f]+)\)", err))
+    assert len(nodes) == 2, err
+    for label in ("full model", "conv1", "flatten"):
+        assert re.search(rf"· {label} \(on 127\.0\.0\.1/", err), label
+    assert not list((tmp_path / "ray").glob(".*")), "temp files left behind"
+
+
+OPTIMIZE_PIPELINE = """
+[model]
+path = "{model}"
+[data]
+eval = "{data}"
+[data.calibration]
+source = "eval"
+[export]
+formats = ["tflite"]
+[export.tflite]
+recipes = ["fp32"]
+[bench]
+targets = ["local"]
+threads = [1]
+min_seconds = 0.05
+[report]
+enabled = false
+[optimize]
+formats = ["tflite"]
+candidates = ["tflite-dynamic"]
+max_accuracy_drop = 0.5
+min_seconds = 0.05
+explain = false
+[execution]
+backend = "ray"
+ray_address = "{address}"
+"""
+
+
+def test_pipeline_optimize_stage_builds_its_candidates_on_the_cluster(cluster, small_cnn_file, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data.npz"
+    np.savez(data, pixels=rng.uniform(0, 1, (30, 16, 16, 3)).astype(np.float32), y=rng.integers(0, 5, 30))
+    config = tmp_path / "pipeline.toml"
+    config.write_text(OPTIMIZE_PIPELINE.format(model=small_cnn_file, data=data, address=cluster.address))
+    capsys.readouterr()
+    assert main(["run", str(config), "--out", str(tmp_path / "run"), "--log-json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    built = sorted(e["unit"] for e in events if e.get("stage") == "optimize" and e.get("status") == "done"
+                   and "node" in e)
+    assert built == ["tflite-dynamic", "tflite-fp32"]
+    document = json.loads((tmp_path / "run" / "optimize" / "optimize.json").read_text())
+    assert [c["verdict"] for c in document["candidates"]] == ["pass", "pass"]
+    assert document["recommended"]["local"]["measured"]  # benchmarked in the driver
+    assert not list((tmp_path / "run" / "optimize" / "candidates").glob(".*")), "scratch left behind"

@@ -45,6 +45,15 @@ def _root(
     STATE["debug"] = debug
 
 
+RayAddressOption = Annotated[
+    str | None, typer.Option("--ray-address", help="Ray cluster: auto, HOST:PORT or ray://HOST:10001.")
+]
+StandaloneExecutorOption = Annotated[
+    str | None, typer.Option("--executor", metavar="BACKEND", help=(
+        "Where the units run: inprocess (default) or ray (each unit a task on the cluster; benchmarks stay here)."))
+]
+
+
 @app.command()
 def run(
     pipeline: Annotated[Path, typer.Argument(help="Pipeline config (TOML).")],
@@ -68,11 +77,10 @@ def run(
     ] = False,
     executor: Annotated[
         str | None, typer.Option("--executor", metavar="BACKEND", help=(
-            "Where export and verify units run: inprocess or ray (default: the pipeline's execution.backend)."))
+            "Where export, verify and optimize-candidate units run: inprocess or ray (default: the "
+            "pipeline's execution.backend)."))
     ] = None,
-    ray_address: Annotated[
-        str | None, typer.Option("--ray-address", help="Ray cluster: auto, HOST:PORT or ray://HOST:10001.")
-    ] = None,
+    ray_address: RayAddressOption = None,
 ) -> None:
     """Run a pipeline: export, verify, benchmark, check budgets and report."""
     from .config import load_config
@@ -96,25 +104,50 @@ def run(
 
 def _with_execution(config: Any, backend: str | None, address: str | None) -> Any:
     """--executor / --ray-address over the pipeline's [execution]."""
+    if backend is None and address is None:
+        return config
+    return config.model_copy(update={"execution": _execution_section(config.execution.model_dump(), backend,
+                                                                     address)})
+
+
+def _standalone_executor(backend: str | None, address: str | None) -> Any:
+    """The executor of --executor / --ray-address for a command without a pipeline (optimize, sweep):
+    None in process; a RayExecutor that prints each unit done on the cluster with its node."""
+    from .config import ExecutionSection
+
+    execution = _execution_section(ExecutionSection().model_dump(), backend, address)
+    if execution.backend == "inprocess":
+        return None
+    from .ray_executor import executor_for
+
+    executor = executor_for(execution.backend, execution.ray_address, execution.max_retries,
+                            execution.connect_timeout_seconds)
+
+    def unit_done(event: dict[str, Any]) -> None:
+        if event["status"] == "done":
+            err.print(f"  [green]·[/] {event['unit']} [dim](on {event['node']})[/]", highlight=False)
+
+    executor.on_event = unit_done
+    return executor
+
+
+def _execution_section(values: dict[str, Any], backend: str | None, address: str | None) -> Any:
+    """An [execution] section's `values` with --executor / --ray-address over them, checked."""
     from .config import ExecutionSection
     from .errors import InputError
 
     if backend is not None and backend not in ("inprocess", "ray"):
         raise InputError(f"--executor must be inprocess or ray, got {backend!r}")
-    if backend is None and address is None:
-        return config
-    values = config.execution.model_dump()
-    values.update({k: v for k, v in (("backend", backend), ("ray_address", address)) if v is not None})
+    values = {**values, **{k: v for k, v in (("backend", backend), ("ray_address", address)) if v is not None}}
     if address is not None and values["backend"] != "ray":
         raise InputError("--ray-address needs --executor ray (or [execution] backend = \"ray\")")
     from pydantic import ValidationError
 
     try:
-        execution = ExecutionSection.model_validate(values)
+        return ExecutionSection.model_validate(values)
     except ValidationError as e:
         raise InputError(f"--ray-address {address!r} is not an address: give auto, HOST:PORT or "
                          "ray://HOST:10001") from e
-    return config.model_copy(update={"execution": execution})
 
 
 @app.command()
@@ -779,17 +812,20 @@ def sweep_command(
     trust_model: Annotated[
         bool, typer.Option("--trust-model", help="Allow Lambda and custom layers (runs code from the model).")
     ] = False,
+    executor: StandaloneExecutorOption = None,
+    ray_address: RayAddressOption = None,
 ) -> None:
     """Try cut points: params, MACs, size, TFLite latency and accuracy with a retrained head."""
     from .sweep import Budget, sweep_file
 
+    units = _standalone_executor(executor, ray_address)
     with _head_progress() as head_progress:
         document = sweep_file(
             model, data, out_dir, eval_data=eval_data, labels_key=labels_key, samples=samples, points=at,
             head=head, epochs=epochs, classes=classes, seed=seed, target=target, threads=threads,
             bench_overrides={"min_seconds": min_seconds}, budget=Budget(max_latency_ms, min_accuracy),
             drops=not no_drops, trust=trust_model, head_progress=head_progress,
-            progress=lambda message: err.print(f"[dim]{message}[/]", highlight=False),
+            progress=lambda message: err.print(f"[dim]{message}[/]", highlight=False), executor=units,
         )
     columns = (Column("at", "cut at", "name"), Column("params", "params", "number"), Column("macs", "MACs", "number"),
                Column("p50", "p50 ms", "number"), Column("score", document["metric"], "number"),
@@ -830,11 +866,14 @@ def optimize_command(
     trust_model: Annotated[
         bool, typer.Option("--trust-model", help="Allow Lambda and custom layers (runs code from the model).")
     ] = False,
+    executor: StandaloneExecutorOption = None,
+    ray_address: RayAddressOption = None,
 ) -> None:
     """Find the fastest artifact that meets an accuracy budget on each target, by measuring there."""
     from .config import find_profile
     from .optimize.search import Budget, SearchSettings, optimize_file
 
+    units = _standalone_executor(executor, ray_address)
     profiles = [find_profile(name, targets_dir) for name in (target or ["local"])]
     settings = SearchSettings(threads=threads, time_budget_s=time_budget, explain=not no_explain,
                               bench={"min_seconds": min_seconds} if min_seconds is not None else {})
@@ -842,7 +881,8 @@ def optimize_command(
         model, data, profiles, out_dir, Budget(max_accuracy_drop, max_size_mb), settings,
         formats=[f.strip() for f in formats.split(",") if f.strip()],
         only=[c.strip() for c in candidates.split(",") if c.strip()] if candidates else None,
-        trust=trust_model, progress=lambda message: err.print(f"[dim]{message}[/]", highlight=False))
+        trust=trust_model, progress=lambda message: err.print(f"[dim]{message}[/]", highlight=False),
+        executor=units)
     _print_optimize(document)
     out.print(f"optimize: {out_dir / 'optimize.json'}", highlight=False)
     empty = [name for name, chosen in document["recommended"].items() if chosen is None]

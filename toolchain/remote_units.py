@@ -10,9 +10,13 @@ shared filesystem, and the driver alone writes the run's files.
 
 from __future__ import annotations
 
+import io
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .steps.base import ArtifactPlan, RemoteUnit, RunState, Unit
 
@@ -32,9 +36,64 @@ def model_file(run: RunState) -> Path:
 
 def unit_memory(run: RunState, model: Path) -> int:
     execution = getattr(run.config, "execution", None)
-    if execution is not None and execution.memory_mb_per_unit:
-        return execution.memory_mb_per_unit * MIB
+    return model_memory(model, execution.memory_mb_per_unit if execution is not None else None)
+
+
+def model_memory(model: Path, memory_mb: int | None = None) -> int:
+    """What a unit that converts `model` asks of a node: `memory_mb` when given, else sized from the file."""
+    if memory_mb:
+        return memory_mb * MIB
     return BASE_MEMORY + MEMORY_PER_MODEL_BYTE * model.stat().st_size
+
+
+@dataclass
+class Placement:
+    """Where the units of a search or a sweep run: the executor (in process, or Ray), the Keras file a
+    worker loads (sent by content) and what each unit asks of a node."""
+
+    executor: Any
+    model: Path
+    trust: bool = False
+    cpus: float = 1.0
+    memory_mb: int | None = None  # None: sized from the model file
+
+    @property
+    def memory_bytes(self) -> int:
+        return model_memory(self.model, self.memory_mb)
+
+
+def placement_for(run: RunState) -> Placement:
+    """A pipeline stage's placement: the run's executor and [execution] sizes, the run's model file."""
+    execution = getattr(run.config, "execution", None)
+    return Placement(run.context.executor, model_file(run), run.config.model.trust, cpus(run),
+                     execution.memory_mb_per_unit if execution is not None else None)
+
+
+def write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Arrays a unit needs (data, reference outputs) as one .npz blob: sent once, checked by sha256."""
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    return path
+
+
+def read_arrays(blob: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as arrays:
+        return {name: arrays[name] for name in arrays.files}
+
+
+def dataset_arrays(prefix: str, dataset: Any) -> dict[str, np.ndarray]:
+    """A Dataset's arrays keyed by position (input names travel in the unit's spec, in this order)."""
+    arrays = {f"{prefix}.x{i}": dataset.inputs[name] for i, name in enumerate(dataset.inputs)}
+    if dataset.labels is not None:
+        arrays[f"{prefix}.y"] = dataset.labels
+    return arrays
+
+
+def dataset_from(arrays: dict[str, np.ndarray], prefix: str, names: list[str], source: str) -> Any:
+    from .data import Dataset
+
+    inputs = {name: arrays[f"{prefix}.x{i}"] for i, name in enumerate(names)}
+    return Dataset(inputs, arrays.get(f"{prefix}.y"), source)
 
 
 def cpus(run: RunState) -> float:
@@ -94,3 +153,11 @@ def verify_unit(spec: dict[str, Any], inputs: dict[str, bytes]) -> tuple[Any, di
         artifact.write_bytes(inputs["artifact"])
         result = verify_artifact(artifact, spec["reference"], spec["sample"], spec["tolerance"])
         return VerifyResult.model_validate(result), {}
+
+
+def load_model_bytes(blob: bytes, path: Path, trust: bool) -> Any:
+    """On a worker: the Keras model from the bytes the driver sent (`path` keeps the file's suffix)."""
+    from .keras_io import load_model
+
+    path.write_bytes(blob)
+    return load_model(path, trust=trust)

@@ -6,13 +6,16 @@ exported to fp32 TFLite and benchmarked on a target. Every droppable residual bl
 also dropped alone, keeping the original head, to price it in accuracy. Without labels
 the "accuracy" is agreement with the original model's top-1 (the heads learn to mimic
 it). Outputs: sweep.json, sweep.md and sweep.png (accuracy vs latency, Pareto front).
+Each point (head training, export, scoring) is a unit of work: on the Ray executor it runs on
+the cluster from the model's and the data's bytes; the benchmarks run here, after them.
 """
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -20,6 +23,8 @@ import numpy as np
 from . import __version__
 from .data import Dataset
 from .errors import BudgetError, InputError
+from .remote_units import Placement, dataset_arrays, dataset_from, load_model_bytes, read_arrays, write_arrays
+from .steps.base import RemoteUnit, Unit
 
 SWEEP_SCHEMA_VERSION = "1.0"
 BENCH_OVERRIDES = {"warmup_runs": 3, "warmup_seconds": 0.05, "min_runs": 30, "min_seconds": 0.3,
@@ -171,8 +176,12 @@ def run_sweep(
     classes: int | None = None,
     progress: Any = None,
     head_progress: Any = None,
+    placement: Placement | None = None,
 ) -> dict[str, Any]:
     """Sweep, write sweep.json / sweep.md / sweep.png into `out_dir`, return the document.
+
+    `placement` says where the points are swept (default: here, one after the other; with the
+    Ray executor each point's head training, export and scoring is a unit on the cluster).
 
     The heads get `classes` outputs: by default the labels' count (0..max), or without labels
     the model's own classes. `progress` gets one line per step, `head_progress` the
@@ -190,9 +199,9 @@ def run_sweep(
                     progress or (lambda message: None))
     heads = _HeadTraining(head, _head_class_count(model, classes, use_labels, train_labels, eval_labels),
                           Dataset(train.inputs, train_labels, train.source), epochs, seed, head_progress)
-    candidates = _candidates(run, heads, _cut_points(model, points))
-    records, results = _measure_points(run, candidates, out_dir, target, threads,
-                                       {**BENCH_OVERRIDES, **(bench_overrides or {})})
+    plans = _plan_points(run, heads, _cut_points(model, points))
+    records, results = _measure_points(run, heads, plans, out_dir, target, threads,
+                                       {**BENCH_OVERRIDES, **(bench_overrides or {})}, placement)
     drop_records = _drop_records(run, records[0]) if drops and is_classifier else []
     chosen = recommend(records, budget)
     document = {
@@ -276,41 +285,120 @@ def _cut_points(model: Any, points: list[str | int] | None) -> list[str]:
     return cut_points
 
 
-Candidate = tuple[str | None, Any, str | None]
+PointPlan = tuple[str | None, str | None]  # (cut point, None: the full model; head spec, None: the original head)
 
 
-def _candidates(run: _SweepRun, heads: _HeadTraining, cut_points: list[str]) -> list[Candidate]:
-    """(cut point or None for the full model, model, head spec or None for the original head)."""
+def _plan_points(run: _SweepRun, heads: _HeadTraining, cut_points: list[str]) -> list[PointPlan]:
+    """The full model first, then each cut point, with the head each one gets (an unknown cut point
+    fails here, before any head is trained)."""
     from .stages.truncate import truncate
 
-    def trained(spec: str, at: str | None = None) -> Any:
-        return truncate(run.model, at=at, head=spec, train_data=heads.train_set, epochs=heads.epochs,
-                        seed=heads.seed, trust=run.trust, progress=heads.progress)
-
-    candidates: list[Candidate] = [(None, run.model, None)]
-    if not run.is_classifier:  # a feature extractor: the full model gets a trained head like every cut
-        spec = heads.spec_for(run.model)
-        run.note("full model: training the head")
-        candidates[0] = (None, trained(spec), spec)
+    # a feature extractor: the full model gets a trained head like every cut
+    plans: list[PointPlan] = [(None, None if run.is_classifier else heads.spec_for(run.model))]
     for point in cut_points:
-        spec = heads.spec_for(truncate(run.model, at=point, trust=run.trust))
-        run.note(f"cut at {point}: training the head {spec}")
-        candidates.append((point, trained(spec, point), spec))
-    return candidates
+        plans.append((point, heads.spec_for(truncate(run.model, at=point, trust=run.trust))))
+    return plans
 
 
-def _measure_points(run: _SweepRun, candidates: list[Candidate], out_dir: Path,
-                    target: str, threads: int, overrides: dict[str, Any]) -> tuple[list[dict[str, Any]], list[Any]]:
-    """Export, score and benchmark every candidate: (point records with Pareto marks, benchmark results)."""
+@dataclass
+class _PointItem:
+    """One point of the sweep as a unit: its head trained, exported to `artifact`, scored."""
+
+    unit: Unit
+    index: int
+    point: str | None
+    head: str | None
+    artifact: Path
+    lane: str | None = None
+
+
+@dataclass
+class _PointWork:
+    """How an executor sweeps one point: here (`__call__`), or on a worker from plain specs (`remote`)."""
+
+    run: _SweepRun
+    heads: _HeadTraining
+    placement: Placement | None
+    scratch: Path
+    stage: Any = field(default_factory=lambda: SimpleNamespace(name="sweep"))  # names the executor's events
+
+    def __call__(self, item: _PointItem) -> dict[str, Any]:
+        self._note_training(item, "")
+        return _sweep_point(self.run, self.heads, item.point, item.head, item.artifact)
+
+    def remote(self, item: _PointItem) -> RemoteUnit | None:
+        if self.placement is None:
+            return None
+        self._note_training(item, " on the cluster")
+        run = self.run
+        spec = {"point": item.point, "head": item.head, "epochs": self.heads.epochs, "seed": self.heads.seed,
+                "use_labels": run.use_labels, "is_classifier": run.is_classifier, "trust": self.placement.trust,
+                "model_suffix": self.placement.model.suffix, "file": item.artifact.name,
+                "names": list(run.evaluation.inputs),
+                "sources": {"train": self.heads.train_set.source, "evaluation": run.evaluation.source}}
+        return RemoteUnit(sweep_point_unit, spec, inputs={"model": self.placement.model, "data": self._data_blob()},
+                          outputs={"artifact": item.artifact}, cpus=self.placement.cpus,
+                          memory_bytes=self.placement.memory_bytes)
+
+    def _note_training(self, item: _PointItem, where: str) -> None:
+        if item.head is None:
+            return
+        if item.point is None:
+            self.run.note(f"full model: training the head{where}")
+        else:
+            self.run.note(f"cut at {item.point}: training the head {item.head}{where}")
+
+    def _data_blob(self) -> Path:
+        """The training data (with the labels the heads learn) and the scoring data, written once."""
+        blob = self.scratch / "sweep-data.npz"
+        if not blob.exists():
+            evaluation = Dataset(self.run.evaluation.inputs, self.run.eval_labels)
+            write_arrays(blob, {**dataset_arrays("train", self.heads.train_set),
+                                **dataset_arrays("evaluation", evaluation)})
+        return blob
+
+
+def _sweep_point(run: _SweepRun, heads: _HeadTraining, point: str | None, head: str | None,
+                 artifact: Path) -> dict[str, Any]:
+    """Truncate at `point` and train `head` on it (None: keep the original), export, score."""
+    from .stages.truncate import truncate
+
+    candidate = run.model if head is None else truncate(
+        run.model, at=point, head=head, train_data=heads.train_set, epochs=heads.epochs, seed=heads.seed,
+        trust=run.trust, progress=heads.progress)
+    _export_candidate(run, point, candidate, artifact)
+    return _point_record(run, point, candidate, head, artifact)
+
+
+def sweep_point_unit(spec: dict[str, Any], inputs: dict[str, bytes]) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """On a worker: one point of the sweep from the model's and the data's bytes; its record and artifact."""
+    arrays = read_arrays(inputs["data"])
+    with tempfile.TemporaryDirectory(prefix="edge-toolchain-unit-") as work:
+        folder = Path(work)
+        model = load_model_bytes(inputs["model"], folder / f"model{spec['model_suffix']}", spec["trust"])
+        train = dataset_from(arrays, "train", spec["names"], spec["sources"]["train"])
+        evaluation = dataset_from(arrays, "evaluation", spec["names"], spec["sources"]["evaluation"])
+        run = _SweepRun(model, evaluation, evaluation.labels, spec["use_labels"], spec["is_classifier"],
+                        spec["trust"], lambda message: None)
+        heads = _HeadTraining(spec["head"], 0, train, spec["epochs"], spec["seed"], None)
+        artifact = folder / spec["file"]
+        record = _sweep_point(run, heads, spec["point"], spec["head"], artifact)
+        return record, {"artifact": artifact.read_bytes()}
+
+
+def _measure_points(run: _SweepRun, heads: _HeadTraining, plans: list[PointPlan], out_dir: Path, target: str,
+                    threads: int, overrides: dict[str, Any],
+                    placement: Placement | None) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Sweep every point (through the executor: on Ray a unit per point), then benchmark them all here:
+    (point records with Pareto marks, benchmark results)."""
     from .config import find_profile
     from .stages.bench import run_benchmarks
 
     with tempfile.TemporaryDirectory(prefix=".sweep-", dir=out_dir if out_dir.is_dir() else None) as tmp:
-        records, artifacts = [], []
-        for index, (point, candidate, spec) in enumerate(candidates):
-            artifact = _export_candidate(run, point, candidate, Path(tmp) / f"point{index}.fp32.tflite")
-            artifacts.append(artifact)
-            records.append(_point_record(run, point, candidate, spec, artifact))
+        items = [_PointItem(Unit(point or "full model"), index, point, head, Path(tmp) / f"point{index}.fp32.tflite")
+                 for index, (point, head) in enumerate(plans)]
+        records = _sweep_points(run, _PointWork(run, heads, placement, Path(tmp)), items, placement)
+        artifacts = [item.artifact for item in items]
         run.note(f"benchmark {len(artifacts)} artifact(s) on {target}")
         results = run_benchmarks(artifacts, [find_profile(target)], [threads], overrides=overrides)
     by_name = {r["artifact"]: r for r in results}
@@ -321,6 +409,21 @@ def _measure_points(run: _SweepRun, candidates: list[Candidate], out_dir: Path,
     for i, record in enumerate(records):
         record["pareto"] = i in front
     return records, results
+
+
+def _sweep_points(run: _SweepRun, work: _PointWork, items: list[_PointItem],
+                  placement: Placement | None) -> list[dict[str, Any]]:
+    from .executor import InProcessExecutor
+
+    records: list[dict[str, Any]] = [{} for _ in items]
+
+    def swept(item: _PointItem, record: dict[str, Any]) -> None:
+        run.note(f"{item.point or 'full model'}: {'accuracy' if run.use_labels else 'agreement'} "
+                 f"{record['accuracy']:.4f} on the eval data")
+        records[item.index] = record
+
+    (placement.executor if placement is not None else InProcessExecutor()).run(items, work, swept)
+    return records
 
 
 def _export_candidate(run: _SweepRun, point: str | None, candidate: Any, path: Path) -> Path:
@@ -337,8 +440,6 @@ def _point_record(run: _SweepRun, point: str | None, candidate: Any, spec: str |
 
     stats = model_stats(candidate)
     accuracy = run.accuracy(candidate)
-    run.note(f"{point or 'full model'}: {'accuracy' if run.use_labels else 'agreement'} "
-             f"{accuracy:.4f} on the eval data")
     return {
         "at": point,
         "kind": "full" if point is None else "cut",
@@ -557,9 +658,12 @@ def sweep_file(
     labels_key: str = "y",
     samples: int | None = None,
     eval_fraction: float = 0.2,
+    executor: Any = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """The CLI's entry: load the model and data (split DATA when no EVAL is given), then sweep."""
+    """The CLI's entry: load the model and data (split DATA when no EVAL is given), then sweep.
+
+    `executor` sweeps the points (default: in this process; `RayExecutor`: on the cluster)."""
     from .data import load_npz
     from .fileio import sha256_file
     from .keras_io import input_signature, load_model
@@ -583,7 +687,8 @@ def sweep_file(
     if (train.labels is None) != (evaluation.labels is None):
         raise InputError(f"labels under '{labels_key}' are in only one of the training and evaluation files")
     source = {"path": str(model_path), "sha256": sha256_file(model_path)}
-    return run_sweep(model, train, evaluation, out_dir, source=source, **options)
+    placement = Placement(executor, Path(model_path), options.get("trust", False)) if executor is not None else None
+    return run_sweep(model, train, evaluation, out_dir, source=source, placement=placement, **options)
 
 
 def _take(data: Dataset, index: np.ndarray, source: str) -> Dataset:

@@ -26,6 +26,8 @@ from ..compare import Tolerance, tolerance_for
 from ..config import TargetProfile
 from ..data import Dataset
 from ..errors import ConfigError, StageError, TargetError
+from ..remote_units import Placement
+from ..steps.base import Unit
 from .candidates import Candidate, build_candidate
 
 OPTIMIZE_SCHEMA_VERSION = "1.0"
@@ -95,14 +97,17 @@ class Clock:
 
 def search(inputs: SearchInputs, candidates: list[Candidate], profiles: list[TargetProfile], out_dir: Path,
            budget: Budget, settings: SearchSettings,
-           progress: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
-    """The optimize.json document (also written to OUT/optimize.json)."""
+           progress: Callable[[str], None] = lambda message: None,
+           placement: Placement | None = None) -> dict[str, Any]:
+    """The optimize.json document (also written to OUT/optimize.json).
+
+    `placement` says where candidate builds run (default: here, one after the other)."""
     from ..fileio import atomic_write_json
 
     budget.check()
     clock = Clock(settings.time_budget_s)
     cache = StageCache(out_dir)
-    records = [_build_and_verify(inputs, c, out_dir, cache, budget, clock, progress) for c in candidates]
+    records = _build_all(inputs, candidates, out_dir, cache, budget, clock, progress, placement)
     per_target = {}
     for profile in profiles:
         per_target[profile.name] = _search_target(records, profile, out_dir, cache, settings, clock, progress)
@@ -130,8 +135,47 @@ def search(inputs: SearchInputs, candidates: list[Candidate], profiles: list[Tar
 
 # ---- build and verify (once per candidate) -----------------------------------------------
 
-def _build_and_verify(inputs: SearchInputs, candidate: Candidate, out_dir: Path, cache: StageCache,
-                      budget: Budget, clock: Clock, progress: Callable[[str], None]) -> dict[str, Any]:
+def _build_all(inputs: SearchInputs, candidates: list[Candidate], out_dir: Path, cache: StageCache,
+               budget: Budget, clock: Clock, progress: Callable[[str], None],
+               placement: Placement | None) -> list[dict[str, Any]]:
+    """Every candidate's record: cached, or built and verified through the executor (on Ray: a unit
+    per candidate on the cluster), cached under the same key wherever it was built."""
+    from ..executor import InProcessExecutor
+    from .build_units import CandidateBuild, CandidateWork
+
+    records: list[dict[str, Any]] = []
+    builds = []
+    for candidate in candidates:
+        record, path, key = _planned(inputs, candidate, out_dir, cache, budget)
+        hit = cache.get("optimize", key)
+        if hit is not None:
+            progress(f"{candidate.name}: cached")
+            record = {**record, **hit.result, "cached": {"build": True}}
+        else:
+            builds.append(CandidateBuild(Unit(candidate.name, key, candidate, [path]), len(records), record))
+        records.append(record)
+    work = CandidateWork(inputs, out_dir, budget, clock, progress, placement)
+
+    def built(build: CandidateBuild, result: dict[str, Any]) -> None:
+        work.settle(build, result)
+        if result["verdict"] == "not-tried":
+            records[build.index] = {**build.record, **result}
+            return
+        if result["verdict"] != "build-failed":
+            cache.put("optimize", build.unit.key, build.unit.outputs, result)
+        records[build.index] = {**build.record, **result, "cached": {"build": False}}
+
+    executor = placement.executor if placement is not None else InProcessExecutor()
+    try:
+        executor.run(builds, work, built)
+    finally:
+        work.cleanup()
+    return records
+
+
+def _planned(inputs: SearchInputs, candidate: Candidate, out_dir: Path, cache: StageCache,
+             budget: Budget) -> tuple[dict[str, Any], Path, str]:
+    """A candidate's record before it is built, its file and its build cache key."""
     suffix = ".tflite" if candidate.format == "tflite" else ".onnx"
     path = out_dir / "candidates" / f"{inputs.model_name}.{candidate.name}{suffix}"
     record: dict[str, Any] = {"name": candidate.name, **candidate.settings(), "why_tried": candidate.why,
@@ -139,17 +183,7 @@ def _build_and_verify(inputs: SearchInputs, candidate: Candidate, out_dir: Path,
     key = cache.key("optimize-build", model=inputs.model_sha256, candidate=candidate.settings(),
                     calibration=_digest(inputs.calibration), evaluation=_digest(inputs.evaluation),
                     budget=[budget.max_accuracy_drop, budget.max_size_mb])
-    hit = cache.get("optimize", key)
-    if hit is not None:
-        progress(f"{candidate.name}: cached")
-        return {**record, **hit.result, "cached": {"build": True}}
-    if clock.spent():
-        return {**record, "verdict": "not-tried", "why": f"--time-budget of {clock.budget_s:g} s spent"}
-    progress(f"{candidate.name}: building and verifying")
-    result = _build_result(inputs, candidate, path, budget)
-    if result["verdict"] != "build-failed":
-        cache.put("optimize", key, [path], result)
-    return {**record, **result, "cached": {"build": False}}
+    return record, path, key
 
 
 def _build_result(inputs: SearchInputs, candidate: Candidate, path: Path, budget: Budget) -> dict[str, Any]:
@@ -393,8 +427,11 @@ def _safe_name(name: str) -> str:
 
 def optimize_file(model_path: Path, data_path: Path, profiles: list[TargetProfile], out_dir: Path, budget: Budget,
                   settings: SearchSettings, *, formats: list[str], only: list[str] | None = None,
-                  trust: bool = False, progress: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
-    """`edge-toolchain optimize`: load, list the candidates, search, write OUT/optimize.json."""
+                  trust: bool = False, progress: Callable[[str], None] = lambda message: None,
+                  executor: Any = None) -> dict[str, Any]:
+    """`edge-toolchain optimize`: load, list the candidates, search, write OUT/optimize.json.
+
+    `executor` builds the candidates (default: in this process; `RayExecutor`: on the cluster)."""
     from .candidates import candidates_for
 
     budget.check()
@@ -403,4 +440,5 @@ def optimize_file(model_path: Path, data_path: Path, profiles: list[TargetProfil
     inputs = load_inputs(model_path, data_path, trust=trust)
     candidates = candidates_for(inputs.model, formats, only)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return search(inputs, candidates, profiles, out_dir, budget, settings, progress)
+    placement = Placement(executor, model_path, trust) if executor is not None else None
+    return search(inputs, candidates, profiles, out_dir, budget, settings, progress, placement)

@@ -1,9 +1,10 @@
 """Optimize stage ([optimize]): search the fastest artifact within the accuracy budget on each [bench] target.
 
 One unit: the search caches each candidate's build, verdict and benchmark itself (RUN/optimize/.cache),
-so an unchanged re-run is instant and a new target re-measures only. The recommended artifacts
-join the manifest's artifacts (so `package --recommended` can ship them), each with the targets
-it is recommended on.
+so an unchanged re-run is instant and a new target re-measures only. With [execution] backend = "ray"
+the search builds and verifies its candidates on the cluster, one unit each (optimize/build_units.py).
+The recommended artifacts join the manifest's artifacts (so `package --recommended` can ship them),
+each with the targets it is recommended on.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class OptimizeStage(Stage):
         from ..keras_io import run_keras
         from ..optimize.candidates import candidates_for
         from ..optimize.search import Budget, SearchInputs, SearchSettings, search
+        from ..remote_units import placement_for
 
         section = run.config.optimize
         calibration, evaluation = run.run_data.calibration, run.data
@@ -51,7 +53,7 @@ class OptimizeStage(Stage):
         folder.mkdir(exist_ok=True)
         return search(inputs, candidates_for(run.model, list(section.formats), section.candidates),
                       list(run.context.profiles), folder, Budget(section.max_accuracy_drop, section.max_size_mb),
-                      settings)
+                      settings, placement=placement_for(run))
 
     def finish(self, run: RunState, done: list[Done]) -> None:
         document = done[0].result
