@@ -2,8 +2,8 @@
 
     PYTHONPATH=. python benchmarks/ray_overhead.py [--units 20] [--fleet 1,4,16] [--skip-pipeline]
 
-1. Per-unit scheduling overhead: trivial units (echo 1 KiB) through the Ray executor (one fresh
-   worker process per unit, input/output by content) against calling them in this process.
+1. Per-unit scheduling overhead: trivial units (echo 1 KiB) through the Ray executor (a worker
+   process runs up to 8 units, input/output by content) against calling them in this process.
 2. Pipeline wall time of one small CNN (tflite fp32+dynamic, onnx fp32+dynamic, verify) in
    process, and on a local Ray cluster of 1 and 2 one-CPU nodes on 127.0.0.1.
 3. Fleet fan-out: `bench` of a one-op ONNX model on a fleet of N local sshd devices, wall time
@@ -198,7 +198,7 @@ def write_results(document: dict[str, Any]) -> Path:
     lines += ["## Per-unit scheduling overhead", "",
               f"{o['units']} trivial units (1 KiB in, 1 KiB out): in process {o['inprocess_ms_per_unit']} ms/unit; "
               f"Ray executor on {o['ray_nodes']} local nodes {o['ray_ms_per_unit']} ms/unit "
-              "(one fresh worker process per unit, inputs and outputs by content).", ""]
+              "(a worker process runs up to 8 units, inputs and outputs by content).", ""]
     if document.get("pipeline"):
         lines += ["## Pipeline wall time (small CNN, 4 artifacts + verify)", "", "| executor | nodes | seconds |",
                   "|---|---|---|"]

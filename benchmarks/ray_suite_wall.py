@@ -102,7 +102,7 @@ def markdown(document: dict[str, Any]) -> str:
              f"at end {document.get('load_average_at_end')}.",
              "Each model: TFLite fp32 + int8 and ONNX fp32 + int8, each verified (8 units); benchmarks off.",
              "Every cell is one fresh `edge-toolchain run` process into an empty run directory; a Ray",
-             "worker is a 1-CPU node of a local cluster on 127.0.0.1 (one fresh worker process per unit).", "",
+             "worker is a 1-CPU node of a local cluster on 127.0.0.1 (a worker process runs up to 8 units).", "",
              "| model | " + " | ".join(m["label"] for m in document["matrix"]) + " | Ray bytes = in-process |",
              "|---|" + "---|" * len(document["matrix"]) + "---|"]
     for name in document["models"]:
