@@ -1,0 +1,61 @@
+"""Constants named by their content, so an ONNX file's bytes do not depend on converter luck.
+
+TensorFlow's graph optimizer and tf2onnx merge identical constants, and which of the copies
+survives (and which `const_fold_opt__N` number a folded constant gets) changes from one run
+to the next (onnx/tensorflow-onnx#1789, #2006; measured on MobileNetV3Small: 3 runs, 3
+different files). Naming every initializer `const_<sha256 of its value>` and listing them in
+that order makes the choice invisible: the same graph gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+PREFIX = "const_"
+
+
+def name_constants_by_content(model_proto: Any) -> None:
+    """Rename the main graph's initializers by content (in place); merge copies of one value."""
+    graph = model_proto.graph
+    keep = {i.name for i in graph.input} | {o.name for o in graph.output}
+    renames: dict[str, str] = {}
+    kept: dict[str, Any] = {}
+    for initializer in graph.initializer:
+        if initializer.name in keep:
+            kept[initializer.name] = initializer
+            continue
+        name = PREFIX + _content_digest(initializer)
+        renames[initializer.name] = name
+        if name not in kept:
+            initializer.name = name
+            kept[name] = initializer
+    if not renames:
+        return
+    del graph.initializer[:]
+    graph.initializer.extend(kept[name] for name in sorted(kept))
+    _rename_uses(graph, renames)
+    infos = [info for info in graph.value_info if info.name not in renames]  # shape inference re-adds them
+    del graph.value_info[:]
+    graph.value_info.extend(infos)
+
+
+def _content_digest(initializer: Any) -> str:
+    import onnx
+
+    unnamed = onnx.TensorProto()
+    unnamed.CopyFrom(initializer)
+    unnamed.name = ""
+    unnamed.doc_string = ""
+    return hashlib.sha256(unnamed.SerializeToString(deterministic=True)).hexdigest()[:20]
+
+
+def _rename_uses(graph: Any, renames: dict[str, str]) -> None:
+    """Node inputs here and in subgraphs (a Loop body reads outer initializers by name)."""
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            if name in renames:
+                node.input[index] = renames[name]
+        for attribute in node.attribute:
+            for subgraph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+                _rename_uses(subgraph, renames)
