@@ -58,8 +58,11 @@ else:
         if op["op_name"] == "DELEGATE":
             delegate_in |= set(op["inputs"])
             delegate_out |= set(op["outputs"])
-    outside = collections.Counter(op["op_name"] for op in details if op["op_name"] != "DELEGATE"
-                                  and set(op["outputs"]) & delegate_in and not set(op["outputs"]) & delegate_out)
+    outside_ops = [op for op in details if op["op_name"] != "DELEGATE"
+                   and set(op["outputs"]) & delegate_in and not set(op["outputs"]) & delegate_out]
+    outside = collections.Counter(op["op_name"] for op in outside_ops)
+    names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+    outside_tensors = sorted({names.get(i, "") for op in outside_ops for i in op["outputs"]} - {""})
     detail = interpreter.get_input_details()[0]
     interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
     for _ in range(3):
@@ -70,7 +73,7 @@ else:
         interpreter.invoke()
         times.append((time.perf_counter() - start) * 1000)
     print(json.dumps({"delegate_nodes": ops.pop("DELEGATE", 0), "outside_delegate": dict(outside),
-                      "p50_ms": sorted(times)[len(times) // 2]}))
+                      "outside_tensors": outside_tensors, "p50_ms": sorted(times)[len(times) // 2]}))
 """
 
 
@@ -137,6 +140,7 @@ def explain_artifact(path: Path, p50_ms: float, max_runs: int = 50) -> dict[str,
         return found
     if path.suffix == ".tflite":
         found["xnnpack"] = {"partitions": profile["delegate_nodes"], "outside_delegate": profile["outside_delegate"]}
+        found["outside_delegate_tensors"] = profile["outside_tensors"]  # whose layers a follow-up keeps in float
     else:
         found["onnxruntime"] = {"ms_per_op_type": dict(list(profile["ms_per_op_type"].items())[:8])}
     found["reason"] = reason(found)
