@@ -259,6 +259,120 @@ def test_time_budget_stops_new_candidates(tmp_path, mnv3_digits, capsys):
     assert not (tmp_path / "candidates").exists() or not any((tmp_path / "candidates").iterdir())
 
 
+def test_session_options_are_candidates_only_where_they_can_matter(mnv3_digits):
+    """Measured on this 2-core EPYC (docs/optimize.md): with one thread spinning has nothing to do;
+    with two, allow_spinning=false changes latency (1.0-2.5x here), so it is tried there."""
+    import keras
+
+    from toolchain.optimize.candidates import candidates_for
+
+    model = keras.models.load_model(mnv3_digits[0])
+    assert not [c for c in candidates_for(model, ["onnx"], threads=1) if c.session_options]
+    variants = {c.name: c for c in candidates_for(model, ["onnx"], threads=2) if c.session_options}
+    assert set(variants) == {"onnx-fp32-no-spin", "onnx-int8-no-spin"}
+    assert variants["onnx-int8-no-spin"].shares_file == "onnx-int8"
+    assert variants["onnx-int8-no-spin"].settings()["session_options"] == {"allow_spinning": False}
+    # --candidates with a variant brings the file it runs
+    chosen = [c.name for c in candidates_for(model, ["onnx"], ["onnx-int8-no-spin"], threads=2)]
+    assert chosen == ["onnx-fp32", "onnx-int8", "onnx-int8-no-spin"]
+
+
+def test_session_option_variant_runs_the_same_file_with_its_options(tmp_path, mnv3_digits):
+    """One build, two benchmarks: the variant's cache key and runner request carry its session options."""
+    from toolchain.config import find_profile
+    from toolchain.optimize.candidates import candidates_for
+    from toolchain.optimize.search import Budget, SearchSettings, load_inputs, search
+
+    inputs = load_inputs(*mnv3_digits)
+    chosen = candidates_for(inputs.model, ["onnx"], ["onnx-fp32-no-spin"], threads=2)
+    document = search(inputs, chosen, [find_profile("local")], tmp_path, Budget(0.05),
+                      SearchSettings(threads=2, bench={"min_seconds": 0.05}, probe_margin=1000, explain=False))
+    records = _by_name(document)
+    base, variant = records["onnx-fp32"], records["onnx-fp32-no-spin"]
+    assert variant["sha256"] == base["sha256"] and variant["path"] == base["path"]
+    assert variant["shares_file"] == "onnx-fp32" and variant["session_options"] == {"allow_spinning": False}
+    assert [p.name for p in (tmp_path / "candidates").glob("*.onnx")] == ["mnv3_digits.onnx-fp32.onnx"]
+    local = document["targets"]["local"]["results"]
+    assert local["onnx-fp32-no-spin"]["probe"]["session_options"]["allow_spinning"] is False  # the runner says so
+    assert "session_options" not in local["onnx-fp32"]["probe"]
+    assert local["onnx-fp32-no-spin"]["cached"] is False  # its own benchmark, not the base's
+    if local["onnx-fp32-no-spin"]["p50_ms"] > local["onnx-fp32"]["p50_ms"]:  # the plain fp32 is the baseline
+        assert local["onnx-fp32-no-spin"]["why"].startswith("slower than onnx fp32 on this target")
+    chosen = document["recommended"]["local"]
+    assert chosen["session_options"] == records[chosen["candidate"]]["session_options"]
+
+
+def test_optimize_json_validates_against_its_schema(searched):
+    import jsonschema
+
+    from toolchain.records import OptimizeDocument, json_schema, schema_path
+
+    document = _doc(searched)
+    schema = json.loads(schema_path("optimize").read_text())
+    assert schema == json_schema("optimize")
+    jsonschema.validate(document, schema)
+    assert OptimizeDocument.model_validate(document).to_json() == document  # typed and back, unchanged
+    broken = {**document, "candidates": [{**document["candidates"][0], "verdict": "maybe"}]}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
+
+
+def test_derived_follow_ups_come_from_the_slow_candidates_profile(searched, mnv3_digits):
+    """int8 lost to fp32 on speed: TFLite keeps the layers of the ops XNNPACK left out (the
+    hard-swish activations) in float; ONNX stops quantizing the costliest non-Conv op types."""
+    import keras
+
+    from toolchain.optimize.candidates import candidates_for
+    from toolchain.optimize.derive import derive_candidates
+
+    document = _doc(searched)
+    model = keras.models.load_model(mnv3_digits[0])
+    candidates = candidates_for(model, ["tflite", "onnx"], ["tflite-int8", "tflite-int8-hswish-as-mul",
+                                                             "onnx-int8", "onnx-int8-u8s8"])
+    records = [r for r in document["candidates"] if "derived_from" not in r]
+    slow = {"results": {name: {"verdict": "rejected", "why": "slower than fp32 on this target: ..."}
+                        for name in ("tflite-int8", "onnx-int8")}}
+    derived, notes = derive_candidates(model, candidates, records, {"local": slow}, searched)
+    by_format = {c.format: c for c in derived}
+    assert by_format["tflite"].name == "tflite-int8-derived" and by_format["tflite"].derived_from == "tflite-int8"
+    assert set(by_format["tflite"].keep_float) == {"stem_hswish", "dw_hswish", "project_hswish"}
+    onnx = by_format["onnx"]
+    assert onnx.derived_from == "onnx-int8" and "Conv" in onnx.knobs["op_types"]
+    excluded = next(n for n in notes if n["format"] == "onnx")["why"].split("): ")[-1]
+    assert excluded.endswith("no longer quantized")
+    assert not set(excluded.removesuffix(" no longer quantized").split(", ")) & set(onnx.knobs["op_types"])
+    # nothing lost on speed: nothing derived, and it says so
+    derived, notes = derive_candidates(model, candidates, records, {"local": {"results": {}}}, searched)
+    assert derived == [] and all("no int8 candidate lost to fp32" in n["why"] for n in notes)
+    # in the search itself: each follow-up was built, verified and measured, with its reason
+    for note in document["derived"]:
+        if note["candidate"]:
+            record = _by_name(document)[note["candidate"]]
+            assert record["derived_from"] == note["derived_from"]
+            assert record["why_tried"].startswith(f"derived from {note['derived_from']}'s profile")
+            assert record["verdict"] in ("pass", "rejected-accuracy")
+            assert record["name"] in document["targets"]["local"]["results"]
+
+
+def test_force_rebuilds_and_remeasures(tmp_path, mnv3_digits):
+    model, data = mnv3_digits
+    args = [str(model), "--data", str(data), "--out", str(tmp_path), "--formats", "tflite", "--candidates",
+            "tflite-int8", *FAST]
+    assert _run(*args) == 0
+    assert _run(*args) == 0
+    assert all(c["cached"]["build"] for c in _doc(tmp_path)["candidates"])
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "candidates").glob("*.tflite")}
+    assert _run(*args, "--force") == 0
+    document = _doc(tmp_path)
+    assert document["settings"]["force"] is True
+    assert not any(c["cached"]["build"] for c in document["candidates"])
+    timed = [r for r in document["targets"]["local"]["results"].values() if "probe" in r]
+    assert timed and not any(r["probe"]["cached"] for r in timed)
+    assert not any(r["cached"] for r in timed if "p50_ms" in r)
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "candidates").glob("*.tflite")}
+    assert set(after) == set(before) and all(after[name] > before[name] for name in before)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--formats", "tflite,coreml"], "--formats: unknown format 'coreml'"),
     (["--candidates", "tflite-int4"], "--candidates: no candidate named 'tflite-int4'"),

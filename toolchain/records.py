@@ -253,6 +253,7 @@ class OptimizeTiming(Record):
     runs: int
     backend: str | None
     cached: bool
+    session_options: dict[str, Any] | None = None  # as the runner applied them (candidates with their own)
 
 
 class OptimizeResult(Record):
@@ -267,12 +268,14 @@ class OptimizeResult(Record):
     runs: int | None = None
     backend: str | None = None
     cached: bool | None = None
+    session_options: dict[str, Any] | None = None
 
 
 class OptimizeRecommendation(Record):
     candidate: str
     path: str
     format: Literal["tflite", "onnx"]
+    session_options: dict[str, Any]  # run the file with these (the device runner's request key); {}: defaults
     p50_ms: float | None  # None: not measured (ranked by file size, an estimate)
     measured: bool
     note: str

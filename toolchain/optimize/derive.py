@@ -8,7 +8,8 @@ fp32, or pruned after its probe) and whose profile names a cause gets one follow
   float (on top of the candidate's own keep_float): XNNPACK then takes those ops in float
   instead of the built-in int8 kernels splitting the graph;
 - ONNX: the op types (other than Conv/MatMul/Gemm) with the largest share of onnxruntime's
-  per-operator time are no longer quantized: no Q/DQ pairs around them.
+  per-operator time, their own plus that of the Quantize/DequantizeLinear nodes around them
+  (explain.qdq_by_neighbour), are no longer quantized: no Q/DQ pairs around them.
 
 The follow-up is built, verified and measured like any candidate, once (it is not itself
 derived from), and records `derived_from` and why.
@@ -109,10 +110,11 @@ def onnx_follow_up(base: Candidate, explain: dict[str, Any], float_ops: set[str]
     """Stop quantizing the op types (not Conv/MatMul/Gemm) that take most of onnxruntime's time."""
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-    per_op = explain.get("onnxruntime", {}).get("ms_per_op_type", {})
+    profile = explain.get("onnxruntime", {})
+    per_op = profile.get("ms_per_op_type", {})
     total = sum(per_op.values()) or 1.0
     shares: dict[str, float] = {}
-    for op, ms in per_op.items():
+    for op, ms in [*per_op.items(), *profile.get("qdq_ms_by_op_type", {}).items()]:
         float_op = op.removeprefix("QLinear")  # a fused int8 kernel stands for its float op
         if float_op in float_ops and float_op not in FAST_INT8_OPS:
             shares[float_op] = shares.get(float_op, 0.0) + ms / total
@@ -125,4 +127,5 @@ def onnx_follow_up(base: Candidate, explain: dict[str, Any], float_ops: set[str]
     candidate = replace(base, name=f"{base.name}-derived", knobs={**base.knobs, "op_types": kept},
                         derived_from=base.name)
     spent = ", ".join(f"{op} {shares[op]:.0%}" for op in slow)
-    return candidate, f"{spent} of onnxruntime's time: {', '.join(slow)} no longer quantized"
+    return candidate, (f"{spent} of onnxruntime's time (with the Q/DQ around them): {', '.join(slow)} no "
+                       "longer quantized")

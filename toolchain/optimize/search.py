@@ -292,6 +292,8 @@ def _bench(record: dict[str, Any], profile: TargetProfile, out_dir: Path, cache:
     latency = answer["latency_ms"]
     result = {"p50_ms": latency["p50"], "p90_ms": latency["p90"], "runs": latency["count"],
               "backend": answer["environment"].get("backend")}
+    if options:
+        result["session_options"] = answer.get("session_options")  # what the runner applied
     cache.put("optimize", key, [], result)
     return {**result, "cached": False}
 
@@ -307,7 +309,7 @@ def _judge_speed(records: list[dict[str, Any]], results: dict[str, dict[str, Any
     for record in records:
         result = results[record["name"]]
         base = fp32.get(record["format"])
-        if result["verdict"] != "measured" or record["recipe"] == "fp32":
+        if result["verdict"] != "measured" or _baseline(record):
             continue
         if base is not None and base["verdict"] == "measured" and result["p50_ms"] > base["p50_ms"]:
             result["verdict"] = "rejected"
@@ -334,7 +336,8 @@ def _target_summary(records: list[dict[str, Any]], results: dict[str, dict[str, 
     if best is not None:
         record = next(r for r in records if r["name"] == best[0])
         recommended = {"candidate": best[0], "path": record["path"], "format": record["format"],
-                       "p50_ms": best[1], "measured": True, "note": _quantization_note(records, results, best)}
+                       "session_options": record["session_options"], "p50_ms": best[1], "measured": True,
+                       "note": _quantization_note(records, results, best)}
     return {"target": profile.name, "connection": profile.connection.kind, "measured": True,
             "results": results, "recommended": recommended, "front": pareto_front(records, results)}
 
@@ -381,7 +384,7 @@ def _rank_unmeasured(records: list[dict[str, Any]], passing: list[dict[str, Any]
     recommended = None
     if ordered:
         recommended = {"candidate": ordered[0]["name"], "path": ordered[0]["path"], "format": ordered[0]["format"],
-                       "p50_ms": None, "measured": False,
+                       "session_options": ordered[0]["session_options"], "p50_ms": None, "measured": False,
                        "note": f"ESTIMATE: {profile.name} ({profile.connection.kind}) is not measured; the "
                                "smallest file that meets the accuracy budget"}
     return {"target": profile.name, "connection": profile.connection.kind, "measured": False,
