@@ -482,6 +482,58 @@ def test_pipeline_optimize_section_and_package_recommended(tmp_path, mnv3_digits
     assert "has no optimize recommendation for target 'elsewhere'" in capsys.readouterr().err
 
 
+SESSION_PIPELINE = PIPELINE.replace('formats = ["tflite"]\ncandidates = ["tflite-int8-hswish-as-mul"]',
+                                    'formats = ["onnx"]\ncandidates = ["onnx-fp32-no-spin"]\nthreads = 2\n'
+                                    'probe_margin = 1000')
+
+
+@pytest.mark.heavy
+def test_pipeline_session_options_reach_the_bundle_and_force_rebuilds(tmp_path, mnv3_digits, capsys):
+    """The recommendation carries its session options into the manifest and the bundle (the device
+    runs the file as it was measured); `run --force` rebuilds and re-measures inside the search."""
+    import tarfile
+
+    from toolchain.manifest import validate_manifest
+    from toolchain.package import verify_bundle
+
+    model, data = mnv3_digits
+    config = tmp_path / "pipeline.toml"
+    config.write_text(SESSION_PIPELINE.format(model=model, data=data))
+    out = tmp_path / "run"
+    assert main(["run", str(config), "--out", str(out), "--quiet"]) == 0
+    document = json.loads((out / "optimize" / "optimize.json").read_text())
+    assert {c["name"] for c in document["candidates"]} == {"onnx-fp32", "onnx-fp32-no-spin"}
+    assert main(["run", str(config), "--out", str(out), "--quiet", "--force"]) == 0
+    forced = json.loads((out / "optimize" / "optimize.json").read_text())
+    assert forced["settings"]["force"] is True
+    assert not any(c["cached"]["build"] for c in forced["candidates"])
+    assert not any(r["probe"]["cached"] for r in forced["targets"]["local"]["results"].values())
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    [record] = [a for a in manifest["artifacts"] if a.get("optimize")]
+    chosen = forced["recommended"]["local"]
+    assert record["name"] == f"mnv3.{chosen['candidate']}.onnx"
+    assert record["optimize"]["settings"]["session_options"] == chosen["session_options"]
+    if chosen["candidate"] == "onnx-fp32":
+        # the other candidate runs the very same file (same sha256): what the manifest says had it won
+        assert forced["candidates"][0]["sha256"] == forced["candidates"][1]["sha256"] == record["sha256"]
+        record["name"] = "mnv3.onnx-fp32-no-spin.onnx"
+        record["optimize"]["candidate"] = "onnx-fp32-no-spin"
+        record["optimize"]["settings"]["session_options"] = {"allow_spinning": False}
+        validate_manifest(manifest)
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    capsys.readouterr()
+    assert main(["package", str(out), "--target", "local", "--recommended"]) == 0
+    bundle = next((out / "packages").glob("*.tar.gz"))
+    verify_bundle(bundle)  # the bundle schema knows session_options
+    with tarfile.open(bundle) as archive:
+        inside = json.load(archive.extractfile(next(m for m in archive.getmembers()
+                                                     if m.name.endswith("/manifest.json"))))
+    [artifact] = inside["artifacts"]
+    assert artifact["name"] == "mnv3.onnx-fp32-no-spin.onnx"
+    assert artifact["session_options"] == {"allow_spinning": False}
+
+
 def test_pipeline_optimize_without_evaluation_data_is_refused_before_writing(tmp_path, mnv3_digits, capsys):
     model, data = mnv3_digits
     config = tmp_path / "pipeline.toml"
