@@ -376,6 +376,8 @@ def test_force_rebuilds_and_remeasures(tmp_path, mnv3_digits):
 @pytest.mark.parametrize("args, message", [
     (["--formats", "tflite,coreml"], "--formats: unknown format 'coreml'"),
     (["--candidates", "tflite-int4"], "--candidates: no candidate named 'tflite-int4'"),
+    (["--candidates", "onnx-int8-no-spin"], "no candidate named 'onnx-int8-no-spin' (the -no-spin candidates "
+                                            "need --threads >= 2)"),
     (["--max-accuracy-drop", "2"], "--max-accuracy-drop must be in [0, 1]"),
     (["--max-size-mb", "0"], "--max-size-mb must be positive"),
     (["--time-budget", "0"], "--time-budget must be positive seconds"),

@@ -145,14 +145,21 @@ def candidates_for(model: Any, formats: list[str], only: list[str] | None = None
         else:
             raise ConfigError(f"--formats: unknown format {fmt!r}; choose from tflite, onnx")
     if only:
-        known = [c.name for c in found]
-        unknown = [name for name in only if name not in known]
-        if unknown:
-            raise ConfigError(f"--candidates: no candidate named {unknown[0]!r}; known: {', '.join(known)}")
-        needed = set(only) | {c.shares_file for c in found if c.name in only and c.shares_file}
-        found = [c for c in found if c.name in needed or c.baseline]
+        found = _chosen(found, only)
     found.sort(key=lambda c: not c.baseline)
     return found
+
+
+def _chosen(found: list[Candidate], only: list[str]) -> list[Candidate]:
+    """The candidates named, the baselines, and the files the chosen session-option variants run."""
+    known = [c.name for c in found]
+    unknown = [name for name in only if name not in known]
+    if unknown:
+        hint = next((f" (the -{suffix} candidates need --threads >= {least})"
+                     for suffix, _, least, _ in SESSION_VARIANTS if unknown[0].endswith(f"-{suffix}")), "")
+        raise ConfigError(f"--candidates: no candidate named {unknown[0]!r}{hint}; known: {', '.join(known)}")
+    needed = set(only) | {c.shares_file for c in found if c.name in only and c.shares_file}
+    return [c for c in found if c.name in needed or c.baseline]
 
 
 def worst_int8_layers(model: Any, calibration: Dataset, count: int) -> list[str]:
