@@ -20,3 +20,11 @@ def test_runner_in_device_venv(device_python, demo_run):
         assert answer["environment"]["numpy"].startswith("1.")
         if backend == "tflite_runtime":
             assert answer["environment"]["backend_version"] == "2.14.0"
+    # the optimize search's session-option candidates: the device's onnxruntime applies them too
+    request = {"model": str(demo_run / "artifacts" / "digits.fp32.onnx"), "min_runs": 5, "min_seconds": 0,
+               "threads": 2, "session_options": {"allow_spinning": False, "graph_optimization_level": "extended"}}
+    done = subprocess.run([str(device_python), str(RUNNER_PATH), json.dumps(request)],
+                          capture_output=True, text=True, timeout=120)
+    answer = json.loads(done.stdout)
+    assert done.returncode == 0, answer
+    assert answer["session_options"]["allow_spinning"] is False

@@ -52,8 +52,10 @@ def _by_name(document: dict) -> dict[str, dict]:
 def test_search_records_every_candidate_and_recommends_the_fastest_passing(searched):
     document = _doc(searched)
     candidates = _by_name(document)
-    assert list(candidates) == ["tflite-fp32", "onnx-fp32", "tflite-int8", "tflite-int8-hswish-as-mul",
-                                "onnx-int8", "onnx-int8-u8s8"]  # fp32 baselines first
+    tried = [name for name, c in candidates.items() if "derived_from" not in c]
+    assert tried == ["tflite-fp32", "onnx-fp32", "tflite-int8", "tflite-int8-hswish-as-mul",
+                     "onnx-int8", "onnx-int8-u8s8"]  # fp32 baselines first; derived follow-ups after them
+    assert list(candidates)[:6] == tried
     local = document["targets"]["local"]
     chosen = document["recommended"]["local"]
     assert chosen["candidate"] == min(
@@ -69,7 +71,7 @@ def test_search_records_every_candidate_and_recommends_the_fastest_passing(searc
         assert record["verdict"] in ("pass", "rejected-accuracy")
         assert {"bytes", "sha256", "accuracy", "recipe", "knobs", "why_tried"} <= set(record)
         assert record["accuracy"]["samples"] == 200  # 100 calibrate, 200 evaluate (disjoint)
-    assert document["candidate_count"] == 6 and document["wall_seconds"] > 0
+    assert document["candidate_count"] == len(candidates) and document["wall_seconds"] > 0
     assert chosen["candidate"] in local["front"]
 
 
@@ -257,9 +259,125 @@ def test_time_budget_stops_new_candidates(tmp_path, mnv3_digits, capsys):
     assert not (tmp_path / "candidates").exists() or not any((tmp_path / "candidates").iterdir())
 
 
+def test_session_options_are_candidates_only_where_they_can_matter(mnv3_digits):
+    """Measured on this 2-core EPYC (docs/optimize.md): with one thread spinning has nothing to do;
+    with two, allow_spinning=false changes latency (1.0-2.5x here), so it is tried there."""
+    import keras
+
+    from toolchain.optimize.candidates import candidates_for
+
+    model = keras.models.load_model(mnv3_digits[0])
+    assert not [c for c in candidates_for(model, ["onnx"], threads=1) if c.session_options]
+    variants = {c.name: c for c in candidates_for(model, ["onnx"], threads=2) if c.session_options}
+    assert set(variants) == {"onnx-fp32-no-spin", "onnx-int8-no-spin"}
+    assert variants["onnx-int8-no-spin"].shares_file == "onnx-int8"
+    assert variants["onnx-int8-no-spin"].settings()["session_options"] == {"allow_spinning": False}
+    # --candidates with a variant brings the file it runs
+    chosen = [c.name for c in candidates_for(model, ["onnx"], ["onnx-int8-no-spin"], threads=2)]
+    assert chosen == ["onnx-fp32", "onnx-int8", "onnx-int8-no-spin"]
+
+
+def test_session_option_variant_runs_the_same_file_with_its_options(tmp_path, mnv3_digits):
+    """One build, two benchmarks: the variant's cache key and runner request carry its session options."""
+    from toolchain.config import find_profile
+    from toolchain.optimize.candidates import candidates_for
+    from toolchain.optimize.search import Budget, SearchSettings, load_inputs, search
+
+    inputs = load_inputs(*mnv3_digits)
+    chosen = candidates_for(inputs.model, ["onnx"], ["onnx-fp32-no-spin"], threads=2)
+    document = search(inputs, chosen, [find_profile("local")], tmp_path, Budget(0.05),
+                      SearchSettings(threads=2, bench={"min_seconds": 0.05}, probe_margin=1000, explain=False))
+    records = _by_name(document)
+    base, variant = records["onnx-fp32"], records["onnx-fp32-no-spin"]
+    assert variant["sha256"] == base["sha256"] and variant["path"] == base["path"]
+    assert variant["shares_file"] == "onnx-fp32" and variant["session_options"] == {"allow_spinning": False}
+    assert [p.name for p in (tmp_path / "candidates").glob("*.onnx")] == ["mnv3_digits.onnx-fp32.onnx"]
+    local = document["targets"]["local"]["results"]
+    assert local["onnx-fp32-no-spin"]["probe"]["session_options"]["allow_spinning"] is False  # the runner says so
+    assert "session_options" not in local["onnx-fp32"]["probe"]
+    assert local["onnx-fp32-no-spin"]["cached"] is False  # its own benchmark, not the base's
+    if local["onnx-fp32-no-spin"]["p50_ms"] > local["onnx-fp32"]["p50_ms"]:  # the plain fp32 is the baseline
+        assert local["onnx-fp32-no-spin"]["why"].startswith("slower than onnx fp32 on this target")
+    chosen = document["recommended"]["local"]
+    assert chosen["session_options"] == records[chosen["candidate"]]["session_options"]
+
+
+def test_optimize_json_validates_against_its_schema(searched):
+    import jsonschema
+
+    from toolchain.records import OptimizeDocument, json_schema, schema_path
+
+    document = _doc(searched)
+    schema = json.loads(schema_path("optimize").read_text())
+    assert schema == json_schema("optimize")
+    jsonschema.validate(document, schema)
+    assert OptimizeDocument.model_validate(document).to_json() == document  # typed and back, unchanged
+    broken = {**document, "candidates": [{**document["candidates"][0], "verdict": "maybe"}]}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
+
+
+def test_derived_follow_ups_come_from_the_slow_candidates_profile(searched, mnv3_digits):
+    """int8 lost to fp32 on speed: TFLite keeps the layers of the ops XNNPACK left out (the
+    hard-swish activations) in float; ONNX stops quantizing the costliest non-Conv op types."""
+    import keras
+
+    from toolchain.optimize.candidates import candidates_for
+    from toolchain.optimize.derive import derive_candidates
+
+    document = _doc(searched)
+    model = keras.models.load_model(mnv3_digits[0])
+    candidates = candidates_for(model, ["tflite", "onnx"], ["tflite-int8", "tflite-int8-hswish-as-mul",
+                                                             "onnx-int8", "onnx-int8-u8s8"])
+    records = [r for r in document["candidates"] if "derived_from" not in r]
+    slow = {"results": {name: {"verdict": "rejected", "why": "slower than fp32 on this target: ..."}
+                        for name in ("tflite-int8", "onnx-int8")}}
+    derived, notes = derive_candidates(model, candidates, records, {"local": slow}, searched)
+    by_format = {c.format: c for c in derived}
+    assert by_format["tflite"].name == "tflite-int8-derived" and by_format["tflite"].derived_from == "tflite-int8"
+    assert set(by_format["tflite"].keep_float) == {"stem_hswish", "dw_hswish", "project_hswish"}
+    onnx = by_format["onnx"]
+    assert onnx.derived_from == "onnx-int8" and "Conv" in onnx.knobs["op_types"]
+    excluded = next(n for n in notes if n["format"] == "onnx")["why"].split("): ")[-1]
+    assert excluded.endswith("no longer quantized")
+    assert not set(excluded.removesuffix(" no longer quantized").split(", ")) & set(onnx.knobs["op_types"])
+    # nothing lost on speed: nothing derived, and it says so
+    derived, notes = derive_candidates(model, candidates, records, {"local": {"results": {}}}, searched)
+    assert derived == [] and all("no int8 candidate lost to fp32" in n["why"] for n in notes)
+    # in the search itself: each follow-up was built, verified and measured, with its reason
+    for note in document["derived"]:
+        if note["candidate"]:
+            record = _by_name(document)[note["candidate"]]
+            assert record["derived_from"] == note["derived_from"]
+            assert record["why_tried"].startswith(f"derived from {note['derived_from']}'s profile")
+            assert record["verdict"] in ("pass", "rejected-accuracy")
+            assert record["name"] in document["targets"]["local"]["results"]
+
+
+def test_force_rebuilds_and_remeasures(tmp_path, mnv3_digits):
+    model, data = mnv3_digits
+    args = [str(model), "--data", str(data), "--out", str(tmp_path), "--formats", "tflite", "--candidates",
+            "tflite-int8", *FAST]
+    assert _run(*args) == 0
+    assert _run(*args) == 0
+    assert all(c["cached"]["build"] for c in _doc(tmp_path)["candidates"])
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "candidates").glob("*.tflite")}
+    assert _run(*args, "--force") == 0
+    document = _doc(tmp_path)
+    assert document["settings"]["force"] is True
+    assert not any(c["cached"]["build"] for c in document["candidates"])
+    timed = [r for r in document["targets"]["local"]["results"].values() if "probe" in r]
+    assert timed and not any(r["probe"]["cached"] for r in timed)
+    assert not any(r["cached"] for r in timed if "p50_ms" in r)
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "candidates").glob("*.tflite")}
+    assert set(after) == set(before) and all(after[name] > before[name] for name in before)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--formats", "tflite,coreml"], "--formats: unknown format 'coreml'"),
     (["--candidates", "tflite-int4"], "--candidates: no candidate named 'tflite-int4'"),
+    (["--candidates", "onnx-int8-no-spin"], "no candidate named 'onnx-int8-no-spin' (the -no-spin candidates "
+                                            "need --threads >= 2)"),
     (["--max-accuracy-drop", "2"], "--max-accuracy-drop must be in [0, 1]"),
     (["--max-size-mb", "0"], "--max-size-mb must be positive"),
     (["--time-budget", "0"], "--time-budget must be positive seconds"),
@@ -379,6 +497,58 @@ def test_pipeline_optimize_section_and_package_recommended(tmp_path, mnv3_digits
     (profiles / "elsewhere.toml").write_text('name = "elsewhere"\n[connection]\nkind = "local"\n')
     assert main(["package", str(out), "--target", "elsewhere", "--targets-dir", str(profiles), "--recommended"]) == 2
     assert "has no optimize recommendation for target 'elsewhere'" in capsys.readouterr().err
+
+
+SESSION_PIPELINE = PIPELINE.replace('formats = ["tflite"]\ncandidates = ["tflite-int8-hswish-as-mul"]',
+                                    'formats = ["onnx"]\ncandidates = ["onnx-fp32-no-spin"]\nthreads = 2\n'
+                                    'probe_margin = 1000')
+
+
+@pytest.mark.heavy
+def test_pipeline_session_options_reach_the_bundle_and_force_rebuilds(tmp_path, mnv3_digits, capsys):
+    """The recommendation carries its session options into the manifest and the bundle (the device
+    runs the file as it was measured); `run --force` rebuilds and re-measures inside the search."""
+    import tarfile
+
+    from toolchain.manifest import validate_manifest
+    from toolchain.package import verify_bundle
+
+    model, data = mnv3_digits
+    config = tmp_path / "pipeline.toml"
+    config.write_text(SESSION_PIPELINE.format(model=model, data=data))
+    out = tmp_path / "run"
+    assert main(["run", str(config), "--out", str(out), "--quiet"]) == 0
+    document = json.loads((out / "optimize" / "optimize.json").read_text())
+    assert {c["name"] for c in document["candidates"]} == {"onnx-fp32", "onnx-fp32-no-spin"}
+    assert main(["run", str(config), "--out", str(out), "--quiet", "--force"]) == 0
+    forced = json.loads((out / "optimize" / "optimize.json").read_text())
+    assert forced["settings"]["force"] is True
+    assert not any(c["cached"]["build"] for c in forced["candidates"])
+    assert not any(r["probe"]["cached"] for r in forced["targets"]["local"]["results"].values())
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    [record] = [a for a in manifest["artifacts"] if a.get("optimize")]
+    chosen = forced["recommended"]["local"]
+    assert record["name"] == f"mnv3.{chosen['candidate']}.onnx"
+    assert record["optimize"]["settings"]["session_options"] == chosen["session_options"]
+    if chosen["candidate"] == "onnx-fp32":
+        # the other candidate runs the very same file (same sha256): what the manifest says had it won
+        assert forced["candidates"][0]["sha256"] == forced["candidates"][1]["sha256"] == record["sha256"]
+        record["name"] = "mnv3.onnx-fp32-no-spin.onnx"
+        record["optimize"]["candidate"] = "onnx-fp32-no-spin"
+        record["optimize"]["settings"]["session_options"] = {"allow_spinning": False}
+        validate_manifest(manifest)
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    capsys.readouterr()
+    assert main(["package", str(out), "--target", "local", "--recommended"]) == 0
+    bundle = next((out / "packages").glob("*.tar.gz"))
+    verify_bundle(bundle)  # the bundle schema knows session_options
+    with tarfile.open(bundle) as archive:
+        inside = json.load(archive.extractfile(next(m for m in archive.getmembers()
+                                                     if m.name.endswith("/manifest.json"))))
+    [artifact] = inside["artifacts"]
+    assert artifact["name"] == "mnv3.onnx-fp32-no-spin.onnx"
+    assert artifact["session_options"] == {"allow_spinning": False}
 
 
 def test_pipeline_optimize_without_evaluation_data_is_refused_before_writing(tmp_path, mnv3_digits, capsys):

@@ -48,3 +48,43 @@ def test_bad_requests_exit_2_with_json_error(tmp_path):
 def test_runner_is_self_contained():
     source = RUNNER_PATH.read_text()
     assert "toolchain" not in source.replace("edge-toolchain", "")
+
+
+def test_onnx_session_options_are_applied_and_reported(demo_run):
+    """The optimize search's session-option candidates run through this request key."""
+    model = str(demo_run / "artifacts" / "digits.fp32.onnx")
+    code, answer = run_runner({"model": model, "min_runs": 5, "min_seconds": 0, "threads": 2,
+                               "session_options": {"allow_spinning": False, "graph_optimization_level": "extended"}})
+    assert code == 0, answer
+    assert answer["session_options"] == {"allow_spinning": False, "graph_optimization_level": "extended",
+                                         "execution_mode": "sequential"}
+    assert answer["protocol"] == 2
+    code, answer = run_runner({"model": model, "min_runs": 5, "min_seconds": 0})  # absent: the defaults
+    assert code == 0 and answer["session_options"] == {"allow_spinning": True, "graph_optimization_level": "all",
+                                                       "execution_mode": "sequential"}
+
+
+def test_bad_session_options_exit_2(demo_run):
+    model = str(demo_run / "artifacts" / "digits.fp32.onnx")
+    for options, message in (
+            ([1], "session_options must be an object or null"),
+            ({"spin": False}, "unknown session_options: spin (known: graph_optimization_level"),
+            ({"allow_spinning": 0}, "session_options allow_spinning must be one of true, false"),
+            ({"graph_optimization_level": "max"}, 'graph_optimization_level must be one of "disable", "basic"')):
+        code, answer = run_runner({"model": model, "session_options": options})
+        assert code == 2 and message in answer["error"]["message"], answer
+    code, answer = run_runner({"model": str(demo_run / "artifacts" / "digits.fp32.tflite"),
+                               "session_options": {"allow_spinning": False}})
+    assert code == 2 and "session_options apply to onnxruntime (.onnx models) only" in answer["error"]["message"]
+
+
+def test_requests_without_session_options_leave_the_key_out(tmp_path):
+    """A request without session options is one every runner protocol accepts (older runners refuse the key)."""
+    from toolchain.stages.bench import bench_request
+
+    settings = {"warmup_runs": 1, "warmup_seconds": 0, "min_runs": 1, "min_seconds": 0, "max_seconds": 1,
+                "timeout_seconds": 5}
+    assert "session_options" not in bench_request(tmp_path / "m.onnx", 1, settings)
+    assert "session_options" not in bench_request(tmp_path / "m.onnx", 1, settings, session_options={})
+    request = bench_request(tmp_path / "m.onnx", 1, settings, session_options={"allow_spinning": False})
+    assert request["session_options"] == {"allow_spinning": False}

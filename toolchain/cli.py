@@ -861,8 +861,10 @@ def optimize_command(
     min_seconds: Annotated[float | None, typer.Option("--min-seconds", min=0, help="Timed seconds per full "
                                                       "benchmark (default: the profile's).")] = None,
     targets_dir: TargetsDirOption = None,
-    no_explain: Annotated[bool, typer.Option("--no-explain", help="Skip profiling why each candidate is slow.")
-                          ] = False,
+    no_explain: Annotated[bool, typer.Option("--no-explain", help="Skip profiling why each candidate is slow "
+                                             "(and the candidates derived from those profiles).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Ignore the search's cache: rebuild and re-measure every "
+                                        "candidate.")] = False,
     trust_model: Annotated[
         bool, typer.Option("--trust-model", help="Allow Lambda and custom layers (runs code from the model).")
     ] = False,
@@ -875,7 +877,7 @@ def optimize_command(
 
     units = _standalone_executor(executor, ray_address)
     profiles = [find_profile(name, targets_dir) for name in (target or ["local"])]
-    settings = SearchSettings(threads=threads, time_budget_s=time_budget, explain=not no_explain,
+    settings = SearchSettings(threads=threads, time_budget_s=time_budget, explain=not no_explain, force=force,
                               bench={"min_seconds": min_seconds} if min_seconds is not None else {})
     document = optimize_file(
         model, data, profiles, out_dir, Budget(max_accuracy_drop, max_size_mb), settings,

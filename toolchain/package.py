@@ -341,7 +341,9 @@ def _golden_files(run_dir: Path, checks: list[dict[str, Any]]) -> dict[str, byte
 def _artifact_entry(a: dict[str, Any], profile: TargetProfile, manifest: dict[str, Any],
                     verdict: dict[str, Any], golden: dict[str, bytes]) -> dict[str, Any]:
     checks = device_checks(a, profile)
+    session_options = ((a.get("optimize") or {}).get("settings") or {}).get("session_options")
     return {
+        **({"session_options": session_options} if session_options else {}),  # as measured: run it so
         "name": a["name"],
         "file": f"models/{a['name']}",
         "format": a["format"],

@@ -1,7 +1,7 @@
 """Typed results of the pipeline's stages; JSON only at the edges (cache records, result files).
 
-verify.json, bench.json, budgets.json and estimates.json are dumps of VerifyDocument,
-BenchDocument, BudgetsDocument and EstimatesDocument; their JSON
+verify.json, bench.json, budgets.json, estimates.json and optimize.json are dumps of VerifyDocument,
+BenchDocument, BudgetsDocument, EstimatesDocument and OptimizeDocument; their JSON
 schemas (toolchain/schemas/*.schema.json) are generated from these models
 (`python -m toolchain.records` rewrites them; a test checks they are current).
 """
@@ -19,6 +19,7 @@ VERIFY_SCHEMA_VERSION = "1.0"
 BENCH_SCHEMA_VERSION = "1.0"
 BUDGETS_SCHEMA_VERSION = "1.0"
 ESTIMATES_SCHEMA_VERSION = "1.1"
+OPTIMIZE_SCHEMA_VERSION = "1.1"  # 1.1: session_options, shares_file, derived_from, derived, settings.force
 
 
 class Record(BaseModel):
@@ -221,8 +222,102 @@ class EstimatesDocument(Record):
     skipped: list[EstimateSkip]
 
 
+class OptimizeCandidate(Record):
+    """One candidate of the optimize search: what it is, its file, and its target-independent verdict."""
+
+    name: str
+    format: Literal["tflite", "onnx"]
+    recipe: str
+    keep_float: list[str]
+    knobs: dict[str, Any]  # ONNX quantizer settings (quantize_onnx.QUANT_KNOBS)
+    rewrite: str | None
+    session_options: dict[str, Any]  # onnxruntime's, as the device runner takes them; {}: its defaults
+    why_tried: str
+    path: str  # relative to the folder of optimize.json
+    int8_class: bool
+    verdict: Literal["pass", "rejected-accuracy", "rejected-size", "build-failed", "not-tried"]
+    why: str
+    bytes: int | None = None
+    sha256: str | None = None
+    accuracy: dict[str, int | float] | None = None
+    tolerance: dict[str, Any] | None = None
+    cached: dict[str, bool] | None = None
+    explain: dict[str, Any] | None = None  # what the runtime did not accelerate (optimize/explain.py)
+    shares_file: str | None = None  # runs this candidate's file with other session options
+    derived_from: str | None = None  # follow-up of this slow candidate's profile (optimize/derive.py)
+
+
+class OptimizeTiming(Record):
+    p50_ms: float
+    p90_ms: float
+    runs: int
+    backend: str | None
+    cached: bool
+    session_options: dict[str, Any] | None = None  # as the runner applied them (candidates with their own)
+
+
+class OptimizeResult(Record):
+    """One candidate on one target: its probe, its full benchmark (unless pruned) and the verdict."""
+
+    verdict: Literal["recommended", "accepted", "rejected", "not-tried"]
+    why: str
+    probe: OptimizeTiming | None = None
+    pruned: bool | None = None
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    runs: int | None = None
+    backend: str | None = None
+    cached: bool | None = None
+    session_options: dict[str, Any] | None = None
+
+
+class OptimizeRecommendation(Record):
+    candidate: str
+    path: str
+    format: Literal["tflite", "onnx"]
+    session_options: dict[str, Any]  # run the file with these (the device runner's request key); {}: defaults
+    p50_ms: float | None  # None: not measured (ranked by file size, an estimate)
+    measured: bool
+    note: str
+
+
+class OptimizeTarget(Record):
+    target: str
+    connection: str
+    measured: bool
+    results: dict[str, OptimizeResult]
+    recommended: OptimizeRecommendation | None
+    front: list[str]  # the latency-accuracy front
+
+
+class DerivedNote(Record):
+    """Per format: the follow-up derived from a slow candidate's profile, or why there is none."""
+
+    format: Literal["tflite", "onnx"]
+    candidate: str | None
+    derived_from: str | None
+    why: str
+
+
+class OptimizeDocument(Record):
+    """optimize.json"""
+
+    schema_version: str = OPTIMIZE_SCHEMA_VERSION
+    model: dict[str, str]
+    data: dict[str, Any]
+    budget: dict[str, Any]
+    settings: dict[str, Any]
+    candidates: list[OptimizeCandidate]
+    derived: list[DerivedNote]
+    targets: dict[str, OptimizeTarget]
+    recommended: dict[str, OptimizeRecommendation | None]
+    candidate_count: int
+    wall_seconds: float
+
+
 SCHEMAS = {"verify": VerifyDocument, "bench": BenchDocument, "budgets": BudgetsDocument,
-           "estimates": EstimatesDocument}
+           "estimates": EstimatesDocument, "optimize": OptimizeDocument}
+PIPELINE_DOCUMENTS = ("verify", "bench", "budgets", "estimates")  # every pipeline run writes these
 
 
 def json_schema(name: str) -> dict[str, Any]:

@@ -19,6 +19,11 @@ The request is a JSON object:
     outputs         infer mode: .npz path to write outputs to
     dequantize      infer mode: quantize float inputs / dequantize outputs (default true)
     seed            seed of the random inputs (default 0)
+    session_options .onnx only: onnxruntime session options, an object with any of
+                    graph_optimization_level  "disable", "basic", "extended" or "all" (default "all")
+                    execution_mode            "sequential" (default) or "parallel"
+                    allow_spinning            true (default) or false: intra-op threads spin while idle
+                    (absent or null: the defaults; a runner before protocol 2 refuses the key)
 
 One JSON object is printed on stdout: {"ok": true, ...} or {"ok": false, "error": {...}}.
 Logs go to stderr. Exit codes: 0 ok, 1 inference failed, 2 bad request, 3 backend missing.
@@ -31,7 +36,7 @@ import subprocess
 import sys
 import time
 
-RUNNER_PROTOCOL = 1
+RUNNER_PROTOCOL = 2  # 2: session_options
 BACKENDS = ("ai_edge_litert", "tflite_runtime", "tensorflow", "onnxruntime")
 TFLITE_BACKENDS = ("ai_edge_litert", "tflite_runtime", "tensorflow")
 BACKEND_PACKAGES = {
@@ -53,7 +58,14 @@ DEFAULTS = {
     "outputs": None,
     "dequantize": True,
     "seed": 0,
+    "session_options": None,
 }
+SESSION_OPTIONS = {
+    "graph_optimization_level": ("disable", "basic", "extended", "all"),
+    "execution_mode": ("sequential", "parallel"),
+    "allow_spinning": (True, False),
+}
+SESSION_DEFAULTS = {"graph_optimization_level": "all", "execution_mode": "sequential", "allow_spinning": True}
 
 
 class RunnerError(Exception):
@@ -108,6 +120,7 @@ def validate_request(request):
     _check_counts(merged)
     _check_seconds(merged)
     _check_paths(merged)
+    _check_session_options(merged)
     return merged
 
 
@@ -145,6 +158,24 @@ def _check_paths(merged):
             raise RunnerError("bad_request", "%s must be a path string or null" % key, 2)
     if merged["mode"] == "infer" and not merged["outputs"]:
         raise RunnerError("bad_request", "infer mode needs 'outputs': an .npz path to write", 2)
+
+
+def _check_session_options(merged):
+    options = merged["session_options"]
+    if options is None:
+        return
+    if not isinstance(options, dict):
+        raise RunnerError("bad_request", "session_options must be an object or null", 2)
+    unknown = sorted(str(k) for k in options if k not in SESSION_OPTIONS)
+    if unknown:
+        raise RunnerError("bad_request", "unknown session_options: %s (known: %s)"
+                          % (", ".join(unknown), ", ".join(SESSION_OPTIONS)), 2)
+    for key, value in options.items():
+        if not any(value is choice or (isinstance(value, str) and value == choice) for choice in SESSION_OPTIONS[key]):
+            raise RunnerError("bad_request", "session_options %s must be one of %s"
+                              % (key, ", ".join(json.dumps(c) for c in SESSION_OPTIONS[key])), 2)
+    if options and not str(merged["model"]).lower().endswith(".onnx"):
+        raise RunnerError("bad_request", "session_options apply to onnxruntime (.onnx models) only", 2)
 
 
 # ---- memory and environment ----------------------------------------------------
@@ -453,11 +484,21 @@ class OnnxModel:
         "tensor(int32)": "int32", "tensor(int64)": "int64", "tensor(bool)": "bool",
     }
 
-    def __init__(self, ort, path, threads):
+    LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+              "all": "ORT_ENABLE_ALL"}
+
+    def __init__(self, ort, path, threads, session_options=None):
+        self.session_options = dict(SESSION_DEFAULTS)
+        self.session_options.update(session_options or {})
+        chosen = self.session_options
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if chosen["execution_mode"] == "parallel"
+                                  else ort.ExecutionMode.ORT_SEQUENTIAL)
+        level = self.LEVELS[chosen["graph_optimization_level"]]
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if chosen["allow_spinning"] else "0")
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.inputs = [self._describe(i) for i in self.session.get_inputs()]
         self.outputs = [self._describe(o) for o in self.session.get_outputs()]
@@ -479,10 +520,10 @@ class OnnxModel:
         return {o["name"]: r for o, r in zip(self.outputs, self.result)}
 
 
-def load_model(backend_name, module, path, threads):
+def load_model(backend_name, module, path, threads, session_options=None):
     try:
         if backend_name == "onnxruntime":
-            return OnnxModel(module, path, threads)
+            return OnnxModel(module, path, threads, session_options)
         return TFLiteModel(module, path, threads)
     except Exception as e:
         raise RunnerError(
@@ -635,7 +676,7 @@ def run_benchmark(request, backend_name, module, version):
     temps_before = temperatures_c()
     throttle_before = throttle_snapshot()
     started = time.perf_counter()
-    model = load_model(backend_name, module, request["model"], request["threads"])
+    model = load_model(backend_name, module, request["model"], request["threads"], request["session_options"])
     load_ms = (time.perf_counter() - started) * 1000.0
     steps = benchmark_inputs(model, request)
     model.set_inputs(steps[0])
@@ -713,6 +754,7 @@ def run_benchmark(request, backend_name, module, version):
         "inputs": "file" if request["inputs"] else "random",
         "input_steps": len(steps),
         "io": io_description(model),
+        "session_options": getattr(model, "session_options", None),
         "environment": env,
     }
 
@@ -720,7 +762,7 @@ def run_benchmark(request, backend_name, module, version):
 def run_infer(request, backend_name, module, version):
     import numpy
 
-    model = load_model(backend_name, module, request["model"], request["threads"])
+    model = load_model(backend_name, module, request["model"], request["threads"], request["session_options"])
     if request["inputs"]:
         samples, count = load_inputs(model, request["inputs"], request["dequantize"])
     else:

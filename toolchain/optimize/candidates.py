@@ -8,7 +8,7 @@ and with them its cache key, are explicit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +31,27 @@ class Candidate:
     knobs: dict[str, Any] = field(default_factory=dict)  # ONNX quantizer settings (quantize_onnx.QUANT_KNOBS)
     rewrite: str | None = None  # a function-preserving model rewrite before conversion (rewrite.py)
     why: str = ""
+    session_options: dict[str, Any] = field(default_factory=dict)  # onnxruntime's, as the runner takes them
+    shares_file: str | None = None  # the candidate whose file this one runs (it differs in session options only)
+    derived_from: str | None = None  # the slow candidate whose profile suggested this one
 
     @property
     def int8_class(self) -> bool:
         return self.recipe in INT8_CLASS
 
-    def settings(self) -> dict[str, Any]:
-        """What the candidate is, as its cache key and optimize.json see it."""
+    @property
+    def baseline(self) -> bool:
+        """A format's plain fp32: what no recommendation may be slower than."""
+        return self.recipe == "fp32" and not self.session_options and self.rewrite is None
+
+    def file_settings(self) -> dict[str, Any]:
+        """What decides the file's bytes: its build cache key."""
         return {"format": self.format, "recipe": self.recipe, "keep_float": list(self.keep_float),
                 "knobs": dict(self.knobs), "rewrite": self.rewrite}
+
+    def settings(self) -> dict[str, Any]:
+        """What the candidate is, as its benchmark cache key and optimize.json see it."""
+        return {**self.file_settings(), "session_options": dict(self.session_options)}
 
 
 def hard_swish_and_se_layers(model: Any) -> list[str]:
@@ -99,24 +111,55 @@ def onnx_candidates() -> list[Candidate]:
     return found
 
 
-def candidates_for(model: Any, formats: list[str], only: list[str] | None = None) -> list[Candidate]:
-    """Every candidate of `formats`, the fp32 baselines first; `only` picks some by name (fp32s stay)."""
+# onnxruntime session options worth a measurement on an edge CPU (docs/optimize.md has the figures):
+# (name suffix, session options, fewest threads where they can matter, why)
+SESSION_VARIANTS: list[tuple[str, dict[str, Any], int, str]] = [
+    ("no-spin", {"allow_spinning": False}, 2,
+     "intra-op threads sleep instead of spinning when idle: frees the cores the app shares, may cost latency"),
+]
+SESSION_BASES = ("onnx-fp32", "onnx-int8")  # the files tried with other session options
+
+
+def session_candidates(found: list[Candidate], threads: int) -> list[Candidate]:
+    """The same files as SESSION_BASES run with other session options (never built again)."""
+    variants = []
+    for base in (c for c in found if c.name in SESSION_BASES):
+        for suffix, options, min_threads, why in SESSION_VARIANTS:
+            if threads >= min_threads:
+                variants.append(replace(base, name=f"{base.name}-{suffix}", session_options=dict(options),
+                                        shares_file=base.name, why=f"{base.name}'s file; {why}"))
+    return variants
+
+
+def candidates_for(model: Any, formats: list[str], only: list[str] | None = None,
+                   threads: int = 1) -> list[Candidate]:
+    """Every candidate of `formats`, the fp32 baselines first; `only` picks some by name (the
+    baselines stay, and the file a chosen session-option variant runs)."""
     found: list[Candidate] = []
     for fmt in formats:
         if fmt == "tflite":
             found += tflite_candidates(model)
         elif fmt == "onnx":
             found += onnx_candidates()
+            found += session_candidates(found, threads)
         else:
             raise ConfigError(f"--formats: unknown format {fmt!r}; choose from tflite, onnx")
     if only:
-        known = [c.name for c in found]
-        unknown = [name for name in only if name not in known]
-        if unknown:
-            raise ConfigError(f"--candidates: no candidate named {unknown[0]!r}; known: {', '.join(known)}")
-        found = [c for c in found if c.name in only or c.recipe == "fp32"]
-    found.sort(key=lambda c: c.recipe != "fp32")
+        found = _chosen(found, only)
+    found.sort(key=lambda c: not c.baseline)
     return found
+
+
+def _chosen(found: list[Candidate], only: list[str]) -> list[Candidate]:
+    """The candidates named, the baselines, and the files the chosen session-option variants run."""
+    known = [c.name for c in found]
+    unknown = [name for name in only if name not in known]
+    if unknown:
+        hint = next((f" (the -{suffix} candidates need --threads >= {least})"
+                     for suffix, _, least, _ in SESSION_VARIANTS if unknown[0].endswith(f"-{suffix}")), "")
+        raise ConfigError(f"--candidates: no candidate named {unknown[0]!r}{hint}; known: {', '.join(known)}")
+    needed = set(only) | {c.shares_file for c in found if c.name in only and c.shares_file}
+    return [c for c in found if c.name in needed or c.baseline]
 
 
 def worst_int8_layers(model: Any, calibration: Dataset, count: int) -> list[str]:

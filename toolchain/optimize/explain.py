@@ -42,8 +42,13 @@ if path.endswith(".onnx"):
             per_op[e["args"]["op_name"]] += e["dur"] / 1000 / runs
     nodes = collections.Counter(e["args"]["op_name"] for e in events
                                 if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"))
+    qdq = collections.Counter()
+    for e in events:
+        if (e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+                and e["args"]["op_name"] in ("QuantizeLinear", "DequantizeLinear")):
+            qdq[e["name"][:-len("_kernel_time")]] += e["dur"] / 1000 / runs
     print(json.dumps({"ms_per_op_type": dict(per_op.most_common()),
-                      "executed_nodes": {k: v // runs for k, v in nodes.items()}}))
+                      "executed_nodes": {k: v // runs for k, v in nodes.items()}, "qdq_ms_per_node": dict(qdq)}))
 else:
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
     resolver = OpResolverType.AUTO if delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
@@ -58,8 +63,11 @@ else:
         if op["op_name"] == "DELEGATE":
             delegate_in |= set(op["inputs"])
             delegate_out |= set(op["outputs"])
-    outside = collections.Counter(op["op_name"] for op in details if op["op_name"] != "DELEGATE"
-                                  and set(op["outputs"]) & delegate_in and not set(op["outputs"]) & delegate_out)
+    outside_ops = [op for op in details if op["op_name"] != "DELEGATE"
+                   and set(op["outputs"]) & delegate_in and not set(op["outputs"]) & delegate_out]
+    outside = collections.Counter(op["op_name"] for op in outside_ops)
+    names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+    outside_tensors = sorted({names.get(i, "") for op in outside_ops for i in op["outputs"]} - {""})
     detail = interpreter.get_input_details()[0]
     interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
     for _ in range(3):
@@ -70,7 +78,7 @@ else:
         interpreter.invoke()
         times.append((time.perf_counter() - start) * 1000)
     print(json.dumps({"delegate_nodes": ops.pop("DELEGATE", 0), "outside_delegate": dict(outside),
-                      "p50_ms": sorted(times)[len(times) // 2]}))
+                      "outside_tensors": outside_tensors, "p50_ms": sorted(times)[len(times) // 2]}))
 """
 
 
@@ -137,10 +145,41 @@ def explain_artifact(path: Path, p50_ms: float, max_runs: int = 50) -> dict[str,
         return found
     if path.suffix == ".tflite":
         found["xnnpack"] = {"partitions": profile["delegate_nodes"], "outside_delegate": profile["outside_delegate"]}
+        found["outside_delegate_tensors"] = profile["outside_tensors"]  # whose layers a follow-up keeps in float
     else:
-        found["onnxruntime"] = {"ms_per_op_type": dict(list(profile["ms_per_op_type"].items())[:8])}
+        found["onnxruntime"] = {"ms_per_op_type": dict(list(profile["ms_per_op_type"].items())[:8]),
+                                "qdq_ms_by_op_type": qdq_by_neighbour(path, profile.get("qdq_ms_per_node", {}))}
     found["reason"] = reason(found)
     return found
+
+
+def qdq_by_neighbour(path: Path, ms_per_node: dict[str, float]) -> dict[str, float]:
+    """Quantize/DequantizeLinear time charged to the op types they surround: a DequantizeLinear to
+    the ops that read its output, a QuantizeLinear to the op that wrote its input (what it would
+    cost to keep those ops in float). Nodes onnxruntime renamed while optimizing are not charged."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    readers: dict[str, list[str]] = collections.defaultdict(list)
+    writer: dict[str, str] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name].append(node.op_type)
+        for name in node.output:
+            writer[name] = node.op_type
+    qdq = ("QuantizeLinear", "DequantizeLinear")
+    charged: collections.Counter = collections.Counter()
+    for node in graph.node:
+        ms = ms_per_node.get(node.name)
+        if ms is None or node.op_type not in qdq:
+            continue
+        if node.op_type == "DequantizeLinear":
+            neighbours = [op for op in readers[node.output[0]] if op not in qdq]
+        else:
+            neighbours = [op for op in (writer.get(node.input[0]),) if op and op not in qdq]
+        for op in neighbours:
+            charged[op] += ms / len(neighbours)
+    return {op: round(ms, 6) for op, ms in charged.most_common(8)}
 
 
 def reason(found: dict[str, Any]) -> str:

@@ -9,8 +9,12 @@ Order and pruning (deterministic; only the timings vary):
 3. the recommendation is the fastest full measurement; a candidate slower than its format's
    fp32 on that target is rejected, so the recommendation never is.
 Unmeasured targets (emulated) are ranked by correctness and file size, labelled as an estimate.
+4. with `explain`, an int8 candidate that lost to fp32 on speed gets one follow-up per format
+   from its profile (derive.py), built, verified and measured the same way (one round).
 Builds, verdicts, benchmarks and explanations are cached in OUT/.cache/ by the content hash of
-their inputs: an unchanged re-run is instant, a new target re-measures only.
+their inputs: an unchanged re-run is instant, a new target re-measures only. A candidate that
+differs from another in onnxruntime session options only runs the other's file (one build).
+`force` (--force) reads nothing from that cache: every candidate is rebuilt and re-measured.
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ from ..compare import Tolerance, tolerance_for
 from ..config import TargetProfile
 from ..data import Dataset
 from ..errors import ConfigError, StageError, TargetError
+from ..records import OPTIMIZE_SCHEMA_VERSION, OptimizeDocument
 from ..remote_units import Placement
 from ..steps.base import Unit
 from .candidates import Candidate, build_candidate
+from .derive import derive_candidates
 
-OPTIMIZE_SCHEMA_VERSION = "1.0"
 MEASURED_KINDS = ("local", "ssh")
 PROBE_SETTINGS = {"warmup_runs": 2, "warmup_seconds": 0.0, "min_runs": 5, "min_seconds": 0.0, "max_seconds": 2.0}
 
@@ -66,6 +71,7 @@ class SearchSettings:
     bench: dict[str, Any] = field(default_factory=dict)  # overrides of the full benchmark (min_seconds...)
     probe_margin: float = 1.5  # a probe this many times slower than the best so far cannot win
     explain: bool = True  # profile each fully measured candidate (XNNPACK partitions, ORT per-op time)
+    force: bool = False  # ignore the search's cache: rebuild and re-measure everything
 
 
 @dataclass
@@ -106,13 +112,20 @@ def search(inputs: SearchInputs, candidates: list[Candidate], profiles: list[Tar
 
     budget.check()
     clock = Clock(settings.time_budget_s)
-    cache = StageCache(out_dir)
-    records = _build_all(inputs, candidates, out_dir, cache, budget, clock, progress, placement)
-    per_target = {}
-    for profile in profiles:
-        per_target[profile.name] = _search_target(records, profile, out_dir, cache, settings, clock, progress)
+    cache = StageCache(out_dir, force=settings.force)
+    built = [c for c in candidates if c.shares_file is None]
+    records = _build_all(inputs, built, out_dir, cache, budget, clock, progress, placement)
+    records += _shared_records(candidates, records)
+    measured: dict[str, dict[str, dict[str, Any]]] = {profile.name: {} for profile in profiles}
+    per_target = _search_targets(records, profiles, measured, out_dir, cache, settings, clock, progress)
+    derived: list[dict[str, Any]] = []
     if settings.explain:
         _explain_measured(records, per_target, out_dir, cache, progress)
+        follow_ups, derived = derive_candidates(inputs.model, candidates, records, per_target, out_dir)
+        if follow_ups:
+            records += _build_all(inputs, follow_ups, out_dir, cache, budget, clock, progress, placement)
+            per_target = _search_targets(records, profiles, measured, out_dir, cache, settings, clock, progress)
+            _explain_measured(records, per_target, out_dir, cache, progress)
     document = {
         "schema_version": OPTIMIZE_SCHEMA_VERSION,
         "model": {"name": inputs.model_name, "sha256": inputs.model_sha256},
@@ -122,13 +135,15 @@ def search(inputs: SearchInputs, candidates: list[Candidate], profiles: list[Tar
                    "metric": "accuracy drop vs Keras" if inputs.evaluation.labels is not None
                    else "1 - top-1 agreement with Keras"},
         "settings": {"threads": settings.threads, "time_budget_s": settings.time_budget_s,
-                     "probe_margin": settings.probe_margin, "bench": settings.bench},
+                     "probe_margin": settings.probe_margin, "bench": settings.bench, "force": settings.force},
         "candidates": records,
+        "derived": derived,
         "targets": per_target,
         "recommended": {name: t["recommended"] for name, t in per_target.items()},
         "candidate_count": len(records),
         "wall_seconds": round(clock.elapsed, 3),
     }
+    document = OptimizeDocument.model_validate(document).to_json()  # typed: a wrong shape fails here
     atomic_write_json(out_dir / "optimize.json", document)
     return document
 
@@ -180,10 +195,24 @@ def _planned(inputs: SearchInputs, candidate: Candidate, out_dir: Path, cache: S
     path = out_dir / "candidates" / f"{inputs.model_name}.{candidate.name}{suffix}"
     record: dict[str, Any] = {"name": candidate.name, **candidate.settings(), "why_tried": candidate.why,
                               "path": str(path.relative_to(out_dir)), "int8_class": candidate.int8_class}
-    key = cache.key("optimize-build", model=inputs.model_sha256, candidate=candidate.settings(),
+    if candidate.derived_from:
+        record["derived_from"] = candidate.derived_from
+    key = cache.key("optimize-build", model=inputs.model_sha256, candidate=candidate.file_settings(),
                     calibration=_digest(inputs.calibration), evaluation=_digest(inputs.evaluation),
                     budget=[budget.max_accuracy_drop, budget.max_size_mb])
     return record, path, key
+
+
+def _shared_records(candidates: list[Candidate], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Candidates that run another's file with other session options: its build and verdict, not rebuilt."""
+    built = {r["name"]: r for r in records}
+    shared = []
+    for candidate in candidates:
+        base = built.get(candidate.shares_file or "")
+        if base is not None:
+            shared.append({**base, "name": candidate.name, **candidate.settings(), "why_tried": candidate.why,
+                           "shares_file": base["name"]})
+    return shared
 
 
 def _build_result(inputs: SearchInputs, candidate: Candidate, path: Path, budget: Budget) -> dict[str, Any]:
@@ -231,13 +260,26 @@ def _digest(dataset: Dataset) -> str:
 
 # ---- per target ---------------------------------------------------------------------------
 
-def _search_target(records: list[dict[str, Any]], profile: TargetProfile, out_dir: Path, cache: StageCache,
-                   settings: SearchSettings, clock: Clock, progress: Callable[[str], None]) -> dict[str, Any]:
+def _search_targets(records: list[dict[str, Any]], profiles: list[TargetProfile],
+                    measured: dict[str, dict[str, dict[str, Any]]], out_dir: Path, cache: StageCache,
+                    settings: SearchSettings, clock: Clock, progress: Callable[[str], None]) -> dict[str, Any]:
+    """Each target's summary; `measured` (target -> candidate -> raw result) keeps what this run has
+    measured, so a second round (derived candidates) measures the new candidates only."""
+    return {profile.name: _search_target(records, profile, measured[profile.name], out_dir, cache, settings,
+                                         clock, progress) for profile in profiles}
+
+
+def _search_target(records: list[dict[str, Any]], profile: TargetProfile, results: dict[str, dict[str, Any]],
+                   out_dir: Path, cache: StageCache, settings: SearchSettings, clock: Clock,
+                   progress: Callable[[str], None]) -> dict[str, Any]:
+    import copy
+
     passing = [r for r in records if r["verdict"] == "pass"]
     if profile.connection.kind not in MEASURED_KINDS:
         return _rank_unmeasured(records, passing, profile)
-    results: dict[str, dict[str, Any]] = {}
     for record in records:
+        if record["name"] in results:
+            continue
         if record["verdict"] != "pass":
             results[record["name"]] = {"verdict": "rejected", "why": record["why"]}
             continue
@@ -246,8 +288,9 @@ def _search_target(records: list[dict[str, Any]], profile: TargetProfile, out_di
             continue
         best = _best_full(results)
         results[record["name"]] = _measure(record, profile, out_dir, cache, settings, best, progress)
-    _judge_speed(records, results)
-    return _target_summary(records, results, profile)
+    judged = copy.deepcopy(results)
+    _judge_speed(records, judged)
+    return _target_summary(records, judged, profile)
 
 
 def _measure(record: dict[str, Any], profile: TargetProfile, out_dir: Path, cache: StageCache,
@@ -272,15 +315,19 @@ def _bench(record: dict[str, Any], profile: TargetProfile, out_dir: Path, cache:
            overrides: dict[str, Any], phase: str) -> dict[str, Any]:
     from ..stages.bench import run_benchmarks
 
+    options = record["session_options"] if record["format"] == "onnx" else {}
     key = cache.key("optimize-bench", artifact=record["sha256"], target=profile.model_dump(mode="json"),
-                    threads=threads, settings=overrides, phase=phase)
+                    threads=threads, settings=overrides, phase=phase, session_options=options)
     hit = cache.get("optimize", key)
     if hit is not None:
         return {**hit.result, "cached": True}
-    answer = run_benchmarks([out_dir / record["path"]], [profile], [threads], overrides=overrides)[0]
+    answer = run_benchmarks([out_dir / record["path"]], [profile], [threads], overrides=overrides,
+                            session_options=options or None)[0]
     latency = answer["latency_ms"]
     result = {"p50_ms": latency["p50"], "p90_ms": latency["p90"], "runs": latency["count"],
               "backend": answer["environment"].get("backend")}
+    if options:
+        result["session_options"] = answer.get("session_options")  # what the runner applied
     cache.put("optimize", key, [], result)
     return {**result, "cached": False}
 
@@ -292,16 +339,21 @@ def _best_full(results: dict[str, dict[str, Any]]) -> tuple[str, float] | None:
 
 def _judge_speed(records: list[dict[str, Any]], results: dict[str, dict[str, Any]]) -> None:
     """A candidate slower than its format's fp32 on this target is rejected (it is never the answer)."""
-    fp32 = {r["format"]: results[r["name"]] for r in records if r["recipe"] == "fp32"}
+    fp32 = {r["format"]: results[r["name"]] for r in records if _baseline(r)}
     for record in records:
         result = results[record["name"]]
         base = fp32.get(record["format"])
-        if result["verdict"] != "measured" or record["recipe"] == "fp32":
+        if result["verdict"] != "measured" or _baseline(record):
             continue
         if base is not None and base["verdict"] == "measured" and result["p50_ms"] > base["p50_ms"]:
             result["verdict"] = "rejected"
             result["why"] = (f"slower than {record['format']} fp32 on this target: p50 {result['p50_ms']:.3f} ms vs "
                              f"{base['p50_ms']:.3f} ms ({result['p50_ms'] / base['p50_ms']:.2f}x)")
+
+
+def _baseline(record: dict[str, Any]) -> bool:
+    """A format's plain fp32 (candidates.Candidate.baseline)."""
+    return record["recipe"] == "fp32" and not record["session_options"] and record["rewrite"] is None
 
 
 def _target_summary(records: list[dict[str, Any]], results: dict[str, dict[str, Any]],
@@ -318,7 +370,8 @@ def _target_summary(records: list[dict[str, Any]], results: dict[str, dict[str, 
     if best is not None:
         record = next(r for r in records if r["name"] == best[0])
         recommended = {"candidate": best[0], "path": record["path"], "format": record["format"],
-                       "p50_ms": best[1], "measured": True, "note": _quantization_note(records, results, best)}
+                       "session_options": record["session_options"], "p50_ms": best[1], "measured": True,
+                       "note": _quantization_note(records, results, best)}
     return {"target": profile.name, "connection": profile.connection.kind, "measured": True,
             "results": results, "recommended": recommended, "front": pareto_front(records, results)}
 
@@ -365,7 +418,7 @@ def _rank_unmeasured(records: list[dict[str, Any]], passing: list[dict[str, Any]
     recommended = None
     if ordered:
         recommended = {"candidate": ordered[0]["name"], "path": ordered[0]["path"], "format": ordered[0]["format"],
-                       "p50_ms": None, "measured": False,
+                       "session_options": ordered[0]["session_options"], "p50_ms": None, "measured": False,
                        "note": f"ESTIMATE: {profile.name} ({profile.connection.kind}) is not measured; the "
                                "smallest file that meets the accuracy budget"}
     return {"target": profile.name, "connection": profile.connection.kind, "measured": False,
@@ -378,17 +431,19 @@ def _explain_measured(records: list[dict[str, Any]], per_target: dict[str, dict[
                       cache: StageCache, progress: Callable[[str], None]) -> None:
     from .explain import explain_artifact
 
+    profiled: dict[str, Any] = {}  # one profile per file (session-option variants share theirs)
     for record in records:
         timings = [_p50(t["results"].get(record["name"], {})) for t in per_target.values()]
         timings = [p for p in timings if p is not None]
-        if not timings or "sha256" not in record:
+        if not timings or "sha256" not in record or "explain" in record:
             continue
-        key = cache.key("optimize-explain", artifact=record["sha256"])
-        hit = cache.get("optimize", key)
+        key = cache.key("optimize-explain", artifact=record["sha256"], version=2)
+        hit = cache.get("optimize", key) if key not in profiled else profiled[key]
         if hit is None:
             progress(f"{record['name']}: profiling")
             found = explain_artifact(out_dir / record["path"], min(timings))
             hit = cache.put("optimize", key, [], found)
+        profiled[key] = hit
         record["explain"] = hit.result
 
 
@@ -438,7 +493,7 @@ def optimize_file(model_path: Path, data_path: Path, profiles: list[TargetProfil
     if settings.time_budget_s is not None and settings.time_budget_s <= 0:
         raise ConfigError(f"--time-budget must be positive seconds, got {settings.time_budget_s:g}")
     inputs = load_inputs(model_path, data_path, trust=trust)
-    candidates = candidates_for(inputs.model, formats, only)
+    candidates = candidates_for(inputs.model, formats, only, threads=settings.threads)
     out_dir.mkdir(parents=True, exist_ok=True)
     placement = Placement(executor, model_path, trust) if executor is not None else None
     return search(inputs, candidates, profiles, out_dir, budget, settings, progress, placement)

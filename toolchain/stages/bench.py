@@ -44,13 +44,17 @@ def resolve_threads(profile: TargetProfile, pipeline: BenchSection | None, threa
 
 
 def bench_request(artifact: Path, threads: int, settings: dict[str, Any] | BenchSection,
-                  inputs: Path | None = None) -> dict[str, Any]:
+                  inputs: Path | None = None, session_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The runner request; `session_options` (onnxruntime) only when given, so a request without
+    them is one every runner protocol accepts."""
     if isinstance(settings, BenchSection):
         settings = {key: getattr(settings, key) for key in SETTING_KEYS}
     request = {"model": str(artifact), "mode": "benchmark", "threads": threads}
     request.update({k: settings[k] for k in SETTING_KEYS if k != "timeout_seconds"})
     if inputs is not None:
         request["inputs"] = str(inputs)
+    if session_options:
+        request["session_options"] = dict(session_options)
     return request
 
 
@@ -65,8 +69,11 @@ def run_benchmarks(
     inputs: Path | None = None,
     failures: dict[str, str] | None = None,
     fleet_of: dict[str, str] | None = None,
+    session_options: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """One record per artifact x target x threads; any failure raises one TargetError for all.
+
+    `session_options`: onnxruntime session options for .onnx artifacts (the runner's request key).
 
     With `failures` (a dict to fill), a target that fails is recorded there (name -> message)
     and the other targets' records are returned: a fleet reports every device it could measure.
@@ -90,7 +97,8 @@ def run_benchmarks(
         for artifact in artifacts:
             for count in resolve_threads(profile, settings, threads):
                 with device_lease(profile):
-                    answer = target.run(bench_request(Path(artifact), count, used, inputs), used["timeout_seconds"])
+                    request = bench_request(Path(artifact), count, used, inputs, session_options)
+                    answer = target.run(request, used["timeout_seconds"])
                 record = {
                     "artifact": Path(artifact).name,
                     "artifact_sha256": hashes[Path(artifact)],
@@ -112,6 +120,8 @@ def run_benchmarks(
                     "settings": used,
                     "environment": answer["environment"],
                 }
+                if session_options:
+                    record["session_options"] = answer.get("session_options")
                 if fleet_of and profile.name in fleet_of:
                     record["fleet"] = fleet_of[profile.name]
                 results.append(record)

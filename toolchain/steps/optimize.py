@@ -48,10 +48,12 @@ class OptimizeStage(Stage):
                               run_keras(run.model, evaluation.inputs), run.config.model_name)
         settings = SearchSettings(threads=section.threads, time_budget_s=section.time_budget_s,
                                   bench={"min_seconds": section.min_seconds} if section.min_seconds is not None else {},
-                                  probe_margin=section.probe_margin, explain=section.explain)
+                                  probe_margin=section.probe_margin, explain=section.explain,
+                                  force=run.context.cache.force and run.context.mode(self.only) == "run")
         folder = run.run_dir / "optimize"
         folder.mkdir(exist_ok=True)
-        return search(inputs, candidates_for(run.model, list(section.formats), section.candidates),
+        chosen = candidates_for(run.model, list(section.formats), section.candidates, threads=section.threads)
+        return search(inputs, chosen,
                       list(run.context.profiles), folder, Budget(section.max_accuracy_drop, section.max_size_mb),
                       settings, placement=placement_for(run))
 
@@ -81,13 +83,14 @@ def recommended_records(run: RunState, document: dict[str, Any]) -> list[dict[st
         path = run.run_dir / "optimize" / candidate["path"]
         info = describe(path)
         records.append({
-            "name": path.name, "path": str(path.relative_to(run.run_dir)), "format": candidate["format"],
+            "name": f"{document['model']['name']}.{name}{path.suffix}",  # unique even where candidates share a file
+            "path": str(path.relative_to(run.run_dir)), "format": candidate["format"],
             "recipe": candidate["recipe"], "bytes": info["bytes"], "sha256": info["sha256"], "parent": parent,
             "inputs": info["inputs"], "outputs": info["outputs"], "ops": info["ops"],
             "verify": {"verdict": "pass", "failures": [], "outputs": {}, "accuracy": candidate["accuracy"]},
             "bench": {},
             "optimize": {"candidate": name, "recommended_on": targets, "settings": {
-                k: candidate[k] for k in ("keep_float", "knobs", "rewrite")},
+                k: candidate[k] for k in ("keep_float", "knobs", "rewrite", "session_options")},
                 "p50_ms": {t: document["recommended"][t]["p50_ms"] for t in targets},
                 "notes": {t: document["recommended"][t]["note"] for t in targets}},
             **({"opset": info["opset"]} if candidate["format"] == "onnx" else {}),
