@@ -96,7 +96,6 @@ def run(
 
 def _with_execution(config: Any, backend: str | None, address: str | None) -> Any:
     """--executor / --ray-address over the pipeline's [execution]."""
-    from .config import ExecutionSection
     from .errors import InputError
 
     if backend is not None and backend not in ("inprocess", "ray"):
@@ -107,14 +106,20 @@ def _with_execution(config: Any, backend: str | None, address: str | None) -> An
     values.update({k: v for k, v in (("backend", backend), ("ray_address", address)) if v is not None})
     if address is not None and values["backend"] != "ray":
         raise InputError("--ray-address needs --executor ray (or [execution] backend = \"ray\")")
+    return config.model_copy(update={"execution": _execution_section(values, address)})
+
+
+def _execution_section(values: dict[str, Any], address: str | None) -> Any:
     from pydantic import ValidationError
 
+    from .config import ExecutionSection
+    from .errors import InputError
+
     try:
-        execution = ExecutionSection.model_validate(values)
+        return ExecutionSection.model_validate(values)
     except ValidationError as e:
         raise InputError(f"--ray-address {address!r} is not an address: give auto, HOST:PORT or "
                          "ray://HOST:10001") from e
-    return config.model_copy(update={"execution": execution})
 
 
 @app.command()
@@ -471,6 +476,9 @@ def bench(
     max_seconds: Annotated[float | None, typer.Option("--max-seconds", min=0.001,
                                                       help="Stop timing after this long.")] = None,
     timeout: Annotated[float | None, typer.Option("--timeout", min=1, help="Seconds per benchmark.")] = None,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help=(
+        "Lease the boards on this Ray cluster (auto, HOST:PORT or ray://HOST:10001): drivers on other "
+        "machines connected to it never time on one board at once."))] = None,
 ) -> None:
     """Benchmark artifacts on one or more targets (in parallel) and print a comparison table."""
     from .config import find_profile
@@ -492,8 +500,9 @@ def bench(
                       + (" (EMULATED timing, not a device figure)" if record.get("connection") == "emulated" else ""),
                       highlight=False)
 
-    results = run_benchmarks(artifacts, profiles, counts, None, progress, overrides=overrides, inputs=inputs,
-                             failures=failures, fleet_of=fleet_of)
+    with _bench_leases(ray_address):
+        results = run_benchmarks(artifacts, profiles, counts, None, progress, overrides=overrides, inputs=inputs,
+                                 failures=failures, fleet_of=fleet_of)
     document = bench_document(results)
     if fleet_of:
         document.update(_fleet_sections(given, results, fleet_of, failures or {}))
@@ -510,6 +519,22 @@ def bench(
 
         raise TargetError(f"{len(failures)} device(s) failed, the others were measured: "
                           + "; ".join(failures.values()))
+
+
+def _bench_leases(ray_address: str | None) -> Any:
+    """Boards leased with flock here, or on the Ray cluster at --ray-address; waits are shown."""
+    from .leases import ClusterLeases, leases_in_use
+
+    def waiting(message: str) -> None:
+        err.print(f"[yellow]…[/] {message}", highlight=False)
+
+    if ray_address is None:
+        return leases_in_use(None, waiting)
+    from .ray_executor import RayExecutor
+
+    execution = _execution_section({"backend": "ray", "ray_address": ray_address}, ray_address)
+    executor = RayExecutor(execution.ray_address, connect_timeout_seconds=execution.connect_timeout_seconds)
+    return leases_in_use(ClusterLeases(executor.connect, execution.lease_ttl_seconds), waiting)
 
 
 def _thread_counts(threads: str | None) -> list[int] | None:

@@ -8,13 +8,20 @@ retried by Ray (`max_retries`); a unit's own error (a bad model, a parity failur
 retried. Units that must run here (truncation, benchmarks: they hold device leases) run
 in this process while the cluster works.
 
+Progress: a unit is `queued` when submitted, `running` when a worker starts it (the worker
+tells the run's small `UnitProgress` actor, which the driver polls) and `done` when its
+outputs are written; running and done name the node. Losing the cluster mid-run (the head
+or this driver's node gone) is a TargetError (exit 6); units done so far are in the cache.
+
 `ray` is an optional extra: `pip install 'edge-toolchain[ray]'`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,10 +55,38 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def run_remote(function: Callable, spec: Any, inputs: dict[str, tuple[str, Any]]) -> dict[str, Any]:
+class UnitProgress:
+    """A Ray actor per run: workers report the units they start; the driver drains the reports."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[int, str]] = []
+
+    def start(self, token: int, node: str) -> None:
+        self.started.append((token, node))
+
+    def drain(self) -> list[tuple[int, str]]:
+        started, self.started = self.started, []
+        return started
+
+
+def _report_start(progress: Any, token: int | None) -> None:
+    """Tell the driver this unit runs here; progress is best effort, it never fails a unit."""
+    import ray
+
+    if progress is None or token is None:
+        return
+    try:
+        ray.get(progress.start.remote(token, _node()), timeout=10)
+    except Exception:  # noqa: BLE001, S110 - a lost progress report only loses a "running" line
+        pass
+
+
+def run_remote(function: Callable, spec: Any, inputs: dict[str, tuple[str, Any]], progress: Any = None,
+               token: int | None = None) -> dict[str, Any]:
     """On a worker: fetch and check the inputs, run the unit, hash its outputs; name the node it ran on."""
     import ray
 
+    _report_start(progress, token)
     data = {}
     for name, (digest, ref) in inputs.items():
         blob = ray.get(ref)
@@ -81,22 +116,44 @@ class RayExecutor:
     connect_timeout_seconds: float = 60.0
     on_event: Callable[[dict[str, Any]], None] | None = None  # unit queued / running / done, with its node
     _task: Any = field(default=None, repr=False)
+    _progress: Any = field(default=None, repr=False)  # the run's UnitProgress actor
     _blobs: dict[str, Any] = field(default_factory=dict, repr=False)  # sha256 -> object ref, once per run
     _stage: str = ""
+    _tokens: Any = field(default_factory=itertools.count, repr=False)
 
     def connect(self) -> None:
         ray = import_ray()
-        if ray.is_initialized():
-            self._task = self._task or remote_task(ray)
-            return
-        self._check_reachable()
-        try:
-            ray.init(address=self.address or "auto", log_to_driver=False, logging_level="ERROR",
-                     include_dashboard=False)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise TargetError(f"cannot connect to the Ray cluster at {self.address or 'auto'}: {e}; start one "
-                              "(ray start --head) or pass --ray-address HOST:PORT / ray://HOST:10001") from e
-        self._task = remote_task(ray)
+        if not ray.is_initialized():
+            self._check_reachable()
+            self._init_within_timeout(ray)
+        self._task = self._task or remote_task(ray)
+        if self._progress is None:
+            self._progress = ray.remote(num_cpus=0)(UnitProgress).remote()
+
+    def _init_within_timeout(self, ray: Any) -> None:
+        """ray.init, bounded: for `auto` and ray:// it would otherwise retry for minutes."""
+        failure: list[BaseException] = []
+
+        def init() -> None:
+            try:
+                ray.init(address=self.address or "auto", log_to_driver=False, logging_level="ERROR",
+                         include_dashboard=False)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+                failure.append(e)
+
+        thread = threading.Thread(target=init, name="ray-connect", daemon=True)
+        thread.start()
+        thread.join(self.connect_timeout_seconds)
+        if thread.is_alive():
+            raise TargetError(f"cannot connect to the Ray cluster at {self.address or 'auto'}: no answer within "
+                              f"{self.connect_timeout_seconds:g} s; check the address, that the head node is "
+                              "running (ray status) and [execution] connect_timeout_seconds")
+        if failure and isinstance(failure[0], ConnectionError | RuntimeError | ValueError):
+            raise TargetError(f"cannot connect to the Ray cluster at {self.address or 'auto'}: {failure[0]}; "
+                              "start one (ray start --head) or pass --ray-address HOST:PORT / "
+                              "ray://HOST:10001") from failure[0]
+        if failure:
+            raise failure[0]
 
     def _check_reachable(self) -> None:
         """A HOST:PORT that does not answer fails within the connect timeout (ray.init would retry for minutes)."""
@@ -125,13 +182,14 @@ class RayExecutor:
             return
         self.connect()
         self._stage = getattr(getattr(work, "stage", None), "name", "")
-        pending = {self._submit(spec): (item, spec) for item, spec in remote}
+        tokens = {next(self._tokens): (item, spec) for item, spec in remote}
+        pending = {self._submit(spec, token): token for token, (item, spec) in tokens.items()}
         for item, _ in remote:
             self._event(item, "queued")
         InProcessExecutor().run([item for item, _ in local], work, on_done)
-        self._collect(pending, on_done)
+        self._collect(pending, tokens, on_done)
 
-    def _submit(self, spec: Any) -> Any:
+    def _submit(self, spec: Any, token: int) -> Any:
         ray = import_ray()
         inputs = {}
         for name, path in spec.inputs.items():
@@ -144,9 +202,10 @@ class RayExecutor:
                                    "retry_exceptions": False}
         if spec.memory_bytes:
             options["memory"] = spec.memory_bytes
-        return self._task.options(**options).remote(spec.function, spec.spec, inputs)
+        return self._task.options(**options).remote(spec.function, spec.spec, inputs, self._progress, token)
 
-    def _collect(self, pending: dict[Any, tuple[Any, Any]], on_done: Callable[[Any, Any], None]) -> None:
+    def _collect(self, pending: dict[Any, int], tokens: dict[int, tuple[Any, Any]],
+                 on_done: Callable[[Any, Any], None]) -> None:
         ray = import_ray()
         waiting = list(pending)
         while waiting:
@@ -154,12 +213,23 @@ class RayExecutor:
                 ready, waiting = ray.wait(waiting, num_returns=1, timeout=POLL_SECONDS)
             except Exception as e:  # noqa: BLE001 - every failure of the cluster itself
                 raise self._lost(e) from e
+            self._report_running(tokens)  # before "done": a worker reports its start before it returns
             for ref in ready:
-                item, spec = pending[ref]
+                item, spec = tokens[pending[ref]]
                 answer = self._get(ref, item)
                 self._write(spec, answer, item)
                 self._event(item, "done", answer["node"])
                 on_done(item, answer["result"])
+
+    def _report_running(self, tokens: dict[int, tuple[Any, Any]]) -> None:
+        ray = import_ray()
+        try:
+            started = ray.get(self._progress.drain.remote(), timeout=self.connect_timeout_seconds)
+        except Exception as e:  # noqa: BLE001 - the actor lives on the cluster: losing it is losing the cluster
+            raise self._lost(e) from e
+        for token, node in started:
+            if token in tokens:
+                self._event(tokens[token][0], "running", node)
 
     def _event(self, item: Any, status: str, node: str | None = None) -> None:
         if self.on_event is not None:
