@@ -9,7 +9,7 @@ retried. Units that must run here (truncation, benchmarks: they hold device leas
 in this process while the cluster works.
 
 Progress: a unit is `queued` when submitted, `running` when a worker starts it (the worker
-tells the run's small `UnitProgress` actor, which the driver polls) and `done` when its
+tells the run's small `RunActor` actor, which the driver polls) and `done` when its
 outputs are written; running and done name the node. Losing the cluster mid-run (the head
 or this driver's node gone) is a TargetError (exit 6); units done so far are in the cache.
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -55,11 +56,17 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-class UnitProgress:
-    """A Ray actor per run: workers report the units they start; the driver drains the reports."""
+class RunActor:
+    """A Ray actor per run, on the cluster: workers report the units they start (the driver drains the
+    reports), and it owns the run's input blobs, so that this driver owns no object (see RayExecutor._lost)."""
 
     def __init__(self) -> None:
         self.started: list[tuple[int, str]] = []
+
+    def store(self, blob: bytes) -> list[Any]:
+        import ray
+
+        return [ray.put(blob)]  # in a list: the caller borrows the reference, this actor owns the object
 
     def start(self, token: int, node: str) -> None:
         self.started.append((token, node))
@@ -116,8 +123,8 @@ class RayExecutor:
     connect_timeout_seconds: float = 60.0
     on_event: Callable[[dict[str, Any]], None] | None = None  # unit queued / running / done, with its node
     _task: Any = field(default=None, repr=False)
-    _progress: Any = field(default=None, repr=False)  # the run's UnitProgress actor
-    _blobs: dict[str, Any] = field(default_factory=dict, repr=False)  # sha256 -> object ref, once per run
+    _progress: Any = field(default=None, repr=False)  # the run's RunActor actor
+    _blobs: dict[str, Any] = field(default_factory=dict, repr=False)  # sha256 -> object ref, once per stage
     _stage: str = ""
     _tokens: Any = field(default_factory=itertools.count, repr=False)
 
@@ -128,7 +135,7 @@ class RayExecutor:
             self._init_within_timeout(ray)
         self._task = self._task or remote_task(ray)
         if self._progress is None:
-            self._progress = ray.remote(num_cpus=0)(UnitProgress).remote()
+            self._progress = ray.remote(num_cpus=0)(RunActor).remote()
 
     def _init_within_timeout(self, ray: Any) -> None:
         """ray.init, bounded: for `auto` and ray:// it would otherwise retry for minutes."""
@@ -184,6 +191,7 @@ class RayExecutor:
         self._stage = getattr(getattr(work, "stage", None), "name", "")
         tokens = {next(self._tokens): (item, spec) for item, spec in remote}
         pending = {self._submit(spec, token): token for token, (item, spec) in tokens.items()}
+        self._blobs.clear()  # the submitted tasks keep their inputs alive
         for item, _ in remote:
             self._event(item, "queued")
         InProcessExecutor().run([item for item, _ in local], work, on_done)
@@ -196,7 +204,8 @@ class RayExecutor:
             blob = Path(path).read_bytes()
             digest = _sha256(blob)
             if digest not in self._blobs:
-                self._blobs[digest] = ray.put(blob)
+                self._blobs[digest] = ray.get(self._progress.store.remote(blob),
+                                              timeout=self.connect_timeout_seconds)[0]
             inputs[name] = (digest, self._blobs[digest])
         options: dict[str, Any] = {"num_cpus": spec.cpus, "max_retries": self.max_retries,
                                    "retry_exceptions": False}
@@ -256,7 +265,12 @@ class RayExecutor:
             raise self._lost(e) from e
 
     def _lost(self, error: BaseException) -> TargetError:
-        return TargetError(f"lost the Ray cluster at {self.address or 'auto'} ({type(error).__name__}: {error}); "
+        """The cluster is gone: disconnect at once. (Ray ends a driver whose node died while it tries to
+        recover objects the driver owns; so the driver owns none: the inputs belong to the run's actor.)"""
+        _disconnect()
+        self._task = self._progress = None
+        reason = ANSI.sub("", (str(error).strip().splitlines() or [""])[0])[:200]  # Ray's are whole tracebacks
+        return TargetError(f"lost the Ray cluster at {self.address or 'auto'} ({type(error).__name__}: {reason}); "
                            "units finished so far are cached: run again to resume")
 
     def _write(self, spec: Any, answer: dict[str, Any], item: Any) -> None:
@@ -272,6 +286,17 @@ class RayExecutor:
             checked[path] = blob
         for path, blob in checked.items():
             atomic_write_bytes(path, blob)
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _disconnect(timeout: float = 10.0) -> None:
+    """ray.shutdown, bounded: with the cluster gone it may wait on dead sockets."""
+    ray = import_ray()
+    thread = threading.Thread(target=ray.shutdown, name="ray-disconnect", daemon=True)
+    thread.start()
+    thread.join(timeout)
 
 
 def executor_for(backend: str, address: str | None, max_retries: int = 2,
