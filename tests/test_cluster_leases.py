@@ -233,3 +233,30 @@ def test_two_drivers_never_time_on_one_board_and_take_over_a_dead_holders_lease(
         assert end <= start, f"two drivers' benchmarks overlapped on one board: {spans}"
     leases = ray.util.list_named_actors(all_namespaces=True)
     assert {"name": f"board {board}", "namespace": LEASE_NAMESPACE} in leases
+
+
+def test_a_run_with_cluster_leases_and_in_process_units_waits_on_the_clusters_lease(cluster):
+    import io
+
+    from rich.console import Console
+
+    from toolchain.config import ExecutionSection, TargetProfile
+    from toolchain.executor import InProcessExecutor
+    from toolchain.leases import device_lease
+    from toolchain.pipeline import StageLog, _board_leases
+
+    execution = ExecutionSection(leases="cluster", ray_address=cluster.address)
+    config = type("Config", (), {"execution": execution})()
+    screen = io.StringIO()
+    log = StageLog(Console(file=screen, width=300))
+    board = TargetProfile.model_validate({"name": "pi", "connection": {"kind": "ssh", "host": "127.0.0.1",
+                                                                        "port": 2225}})
+    with ClusterLeases(connected).hold("other-run", "ssh:127.0.0.1:2225", 5, None):
+        with _board_leases(config, InProcessExecutor(), log), pytest.raises(TargetError) as error, \
+                device_lease(board, wait_seconds=0.5):
+            pass
+    assert f"the board ssh:127.0.0.1:2225 stayed leased by pid {os.getpid()}" in str(error.value)
+    assert "waiting for the board ssh:127.0.0.1:2225 (held by pid" in screen.getvalue()
+    with device_lease(board, wait_seconds=0.5):  # outside the run: flock again, a free board
+        pass
+
