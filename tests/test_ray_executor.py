@@ -99,11 +99,13 @@ def test_pipeline_on_two_nodes_matches_in_process_byte_for_byte(cluster, small_c
         [{k: a[k] for k in fields} for a in local.manifest["artifacts"]]
     assert {a["name"]: a["verify"]["verdict"] for a in remote.manifest["artifacts"]} == \
         {a["name"]: a["verify"]["verdict"] for a in local.manifest["artifacts"]}
-    units = [e for e in events if "node" in e]
+    units = [e for e in events if e.get("status") == "done" and "unit" in e]
     assert sorted(e["stage"] for e in units) == ["export"] * 4 + ["verify"] * 4
-    assert all(e["status"] == "done" for e in units)
-    queued = [e for e in events if e.get("status") == "queued"]
-    assert sorted((e["stage"], e["unit"]) for e in queued) == sorted((e["stage"], e["unit"]) for e in units)
+    # every remote unit is queued, then running on a node, then done on that node, in that order
+    for unit in units:
+        states = [(e["status"], e.get("node")) for e in events
+                  if (e.get("stage"), e.get("unit")) == (unit["stage"], unit["unit"])]
+        assert states == [("queued", None), ("running", unit["node"]), ("done", unit["node"])], states
     assert all(e["node"].startswith("127.0.0.1/") for e in units)
     assert len({e["node"] for e in units}) == 2, "units ran on one node only"
     leftovers = [p for p in (tmp_path / "ray").rglob(".*")

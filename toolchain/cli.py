@@ -504,6 +504,9 @@ def bench(
     max_seconds: Annotated[float | None, typer.Option("--max-seconds", min=0.001,
                                                       help="Stop timing after this long.")] = None,
     timeout: Annotated[float | None, typer.Option("--timeout", min=1, help="Seconds per benchmark.")] = None,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help=(
+        "Lease the boards on this Ray cluster (auto, HOST:PORT or ray://HOST:10001): drivers on other "
+        "machines connected to it never time on one board at once."))] = None,
 ) -> None:
     """Benchmark artifacts on one or more targets (in parallel) and print a comparison table."""
     from .config import find_profile
@@ -525,8 +528,9 @@ def bench(
                       + (" (EMULATED timing, not a device figure)" if record.get("connection") == "emulated" else ""),
                       highlight=False)
 
-    results = run_benchmarks(artifacts, profiles, counts, None, progress, overrides=overrides, inputs=inputs,
-                             failures=failures, fleet_of=fleet_of)
+    with _bench_leases(ray_address):
+        results = run_benchmarks(artifacts, profiles, counts, None, progress, overrides=overrides, inputs=inputs,
+                                 failures=failures, fleet_of=fleet_of)
     document = bench_document(results)
     if fleet_of:
         document.update(_fleet_sections(given, results, fleet_of, failures or {}))
@@ -543,6 +547,22 @@ def bench(
 
         raise TargetError(f"{len(failures)} device(s) failed, the others were measured: "
                           + "; ".join(failures.values()))
+
+
+def _bench_leases(ray_address: str | None) -> Any:
+    """Boards leased with flock here, or on the Ray cluster at --ray-address; waits are shown."""
+    from .leases import ClusterLeases, leases_in_use
+
+    def waiting(message: str) -> None:
+        err.print(f"[yellow]…[/] {message}", highlight=False)
+
+    if ray_address is None:
+        return leases_in_use(None, waiting)
+    from .ray_executor import RayExecutor
+
+    execution = _execution_section({}, "ray", ray_address)
+    executor = RayExecutor(execution.ray_address, connect_timeout_seconds=execution.connect_timeout_seconds)
+    return leases_in_use(ClusterLeases(executor.connect, execution.lease_ttl_seconds), waiting)
 
 
 def _thread_counts(threads: str | None) -> list[int] | None:

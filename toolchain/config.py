@@ -268,6 +268,10 @@ class ExecutionSection(Section):
     cpus_per_unit: float = Field(default=1.0, gt=0)
     memory_mb_per_unit: int | None = Field(default=None, ge=1)  # default: sized from the model file
     connect_timeout_seconds: float = Field(default=60.0, gt=0)
+    # device leases: "cluster" (held by the Ray cluster, across drivers) or "local" (flock on this
+    # machine); default: cluster when backend is ray, else local
+    leases: Literal["cluster", "local"] | None = None
+    lease_ttl_seconds: float = Field(default=30.0, gt=0)  # a dead driver's cluster lease expires after this
 
 
 class PipelineConfig(Section):

@@ -57,6 +57,9 @@ class StageLog:
     quiet: bool = False
     json_lines: bool = False
     records: list[dict[str, Any]] = field(default_factory=list)
+    _status: Any = field(default=None, repr=False)  # the running stage's spinner line
+    _label: str = ""
+    _units: dict[str, str] = field(default_factory=dict, repr=False)  # unit -> queued/running/done, this stage
 
     def _emit(self, **event: Any) -> None:
         if self.json_lines:
@@ -70,6 +73,7 @@ class StageLog:
         event = StageEvent()
         self._emit(stage=name, detail=detail, status="started")
         status = None if self.quiet or self.json_lines else self.console.status(f"[bold]{label}[/] …")
+        self._status, self._label, self._units = status, label, {}
         if status:
             status.start()
         try:
@@ -94,10 +98,25 @@ class StageLog:
             self.console.print(f"[green]✓[/] {label} [dim]({note})[/]")
 
     def unit_event(self, event: dict[str, Any]) -> None:
-        """A unit queued on the cluster, or done on a node: a JSON line; done units also a console line."""
+        """A unit queued, running on a node or done on a node: a JSON line; on the console, the stage's
+        spinner counts its units (queued / running / done) and each unit prints a line when done."""
         self._emit(**event)
-        if event["status"] == "done" and not (self.quiet or self.json_lines):
+        self._units[event["unit"]] = event["status"]
+        if self.quiet or self.json_lines:
+            return
+        if self._status is not None:
+            counts = [f"{sum(s == state for s in self._units.values())} {state}"
+                      for state in ("queued", "running", "done")]
+            where = f" · {event['unit']} {event['status']} on {event['node']}" if event.get("node") else ""
+            self._status.update(f"[bold]{self._label}[/] … {', '.join(counts)}{where}")
+        if event["status"] == "done":
             self.console.print(f"  [green]·[/] {event['unit']} [dim](on {event['node']})[/]", highlight=False)
+
+    def wait(self, message: str) -> None:
+        """A benchmark waits for a board another run holds."""
+        self._emit(status="waiting", message=message)
+        if not (self.quiet or self.json_lines):
+            self.console.print(f"  [yellow]…[/] {message}", highlight=False)
 
     def skip(self, name: str, detail: str = "", reason: str = "") -> None:
         label = f"{name} {detail}".strip()
@@ -172,7 +191,8 @@ def run_pipeline(
             model = load_model(config.model.path, trust=config.model.trust)
         manifest = new_manifest(raw_config, config_sha256(raw_config), _source_record(config, model))
         try:
-            result = _run_loop_mapping_os_errors(config, model, run_dir, manifest, log, ctx)
+            with _board_leases(config, ctx.executor, log):
+                result = _run_loop_mapping_os_errors(config, model, run_dir, manifest, log, ctx)
         except ToolchainError as e:
             if not lock.held:  # failed validating inputs: nothing was written
                 raise
@@ -233,6 +253,22 @@ def _executor(config: PipelineConfig, log: StageLog) -> Executor:
                             execution.connect_timeout_seconds)
     executor.on_event = log.unit_event
     return executor
+
+
+def _board_leases(config: PipelineConfig, executor: Executor, log: StageLog) -> Any:
+    """Benchmarks lease their boards from the Ray cluster when the run uses one, else with flock."""
+    from .leases import ClusterLeases, leases_in_use
+
+    execution = config.execution
+    if (execution.leases or ("cluster" if execution.backend == "ray" else "local")) == "local":
+        return leases_in_use(None, log.wait)
+    connect = getattr(executor, "connect", None)
+    if connect is None:  # conversions in process, leases on the cluster
+        from .ray_executor import RayExecutor
+
+        connect = RayExecutor(execution.ray_address, connect_timeout_seconds=execution.connect_timeout_seconds).connect
+    return leases_in_use(ClusterLeases(connect, execution.lease_ttl_seconds, execution.connect_timeout_seconds),
+                         log.wait)
 
 
 def _replay(run_dir: Path, ctx: RunContext, key: str, log: StageLog) -> RunResult | None:
