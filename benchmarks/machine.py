@@ -100,6 +100,14 @@ def measured_sgemm_gmacs(threads: int, size: int = 1024, repeats: int = 5) -> fl
 
 
 def slug(described: dict[str, Any]) -> str:
-    """A file-name-safe machine name: CPU model and core count (hostnames of VMs say nothing)."""
+    """A file-name-safe machine name: CPU model, core count and SIMD class (hostnames of VMs say
+    nothing, and one cloud CPU name covers machines with and without AVX-512 VNNI)."""
     model = re.sub(r"[^a-z0-9]+", "-", (described["cpu_model"] or described["arch"]).lower()).strip("-")
-    return f"{model}-{described['cores']}core"
+    return f"{model}-{described['cores']}core{simd_class(described)}"
+
+
+def simd_class(described: dict[str, Any]) -> str:
+    flags = set(described.get("cpu_flags_simd") or [])
+    if "avx512_vnni" in flags:
+        return "-avx512vnni"
+    return "-avx512" if "avx512f" in flags else ""

@@ -77,7 +77,8 @@ def run_search(bench_model: Any, threads: int, folder: Path, min_seconds: float)
 
     inputs = search_inputs(bench_model)
     started = time.perf_counter()
-    document = search(inputs, candidates_for(inputs.model, ["tflite", "onnx"]), [find_profile("local")], folder,
+    candidates = candidates_for(inputs.model, ["tflite", "onnx"], threads=threads)
+    document = search(inputs, candidates, [find_profile("local")], folder,
                       budget_for(bench_model), SearchSettings(threads=threads, bench={"min_seconds": min_seconds}),
                       progress=lambda message: say(f"{bench_model.name} x{threads}: {message}"))
     document["measured_wall_seconds"] = time.perf_counter() - started
@@ -207,7 +208,8 @@ def _verdict(row: dict[str, Any]) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"# Optimize benchmark {result['date']}", "",
-             f"Machine: {result['machine']['cpu_model']}, {result['machine']['cores']} cores; "
+             f"Machine: {result['machine']['cpu_model']}, {result['machine']['cores']} cores, SIMD "
+             f"{' '.join(result['machine']['cpu_flags_simd'])}; "
              f"repeats {result['repeats']}, min_seconds {result['min_seconds']}; load average at start "
              f"{result['machine'].get('load_average_at_start')}, at end {result.get('load_average_at_end')} "
              "(other jobs ran at nice 19 while measured).", "",

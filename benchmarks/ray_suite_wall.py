@@ -97,7 +97,8 @@ def same_bytes(reference: dict[str, Any], other: dict[str, Any]) -> dict[str, bo
 def markdown(document: dict[str, Any]) -> str:
     described = document["machine"]
     lines = [f"# Five-model suite pipeline on Ray, {document['date']}", "",
-             f"Machine: {described.get('cpu_model')}, {described.get('cores')} cores, "
+             f"Machine: {described.get('cpu_model')}, {described.get('cores')} cores, SIMD "
+             f"{' '.join(described.get('cpu_flags_simd') or [])}, "
              f"{document['memory_gb']} GB; load average at start {described.get('load_average_at_start')}, "
              f"at end {document.get('load_average_at_end')}.",
              "Each model: TFLite fp32 + int8 and ONNX fp32 + int8, each verified (8 units); benchmarks off.",

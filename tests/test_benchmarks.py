@@ -53,6 +53,8 @@ def test_peak_is_known_only_for_listed_cpus():
     peak, how = machine.peak_gmacs_per_core(unknown)
     assert peak is None and "unknown for Some Xeon" in how
     assert machine.slug({"cpu_model": "AMD EPYC 7B13", "arch": "x86_64", "cores": 2}) == "amd-epyc-7b13-2core"
+    assert machine.slug({"cpu_model": "AMD EPYC", "arch": "x86_64", "cores": 2,
+                         "cpu_flags_simd": ["avx2", "avx512f", "avx512_vnni"]}) == "amd-epyc-2core-avx512vnni"
 
 
 def test_explain_reads_operators_and_xnnpack_from_real_files(demo_run):

@@ -30,9 +30,15 @@ TF_LOG_DEFAULTS = {"TF_CPP_MIN_LOG_LEVEL": "2"}  # TensorFlow's C++ warnings and
 
 
 def quiet_tensorflow() -> None:
-    """Call before TensorFlow is first imported (its C++ logging reads the level once); a user's setting wins."""
+    """Call before TensorFlow is first imported (its C++ logging reads the level once); a user's setting wins.
+
+    Then imports it with the filter on: on CPUs with AVX-512 TensorFlow announces "oneDNN custom
+    operations are on" through absl before logging is initialised, whatever the level says."""
     for key, value in TF_LOG_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    if "tensorflow" not in sys.modules:
+        with filtered_native_stderr():
+            import tensorflow  # noqa: F401
 
 
 def is_chatter(line: str) -> bool:
