@@ -116,7 +116,22 @@ def markdown(document: dict[str, Any]) -> str:
     base = document["matrix"][0]["total_seconds"]
     lines += ["", "Total relative to in process: " + ", ".join(
         f"{m['label']} {m['total_seconds'] / base:.2f}x" for m in document["matrix"]) + "."]
+    differing = sorted({f"{name} {artifact}" for label, runs in document["matrix_sha_diffs"].items()
+                        for name, artifacts in runs.items() for artifact in artifacts})
+    if differing:
+        lines += ["", "Artifacts whose bytes differ from the in-process run: " + ", ".join(differing) + "."]
+    lines += [f"\nNote: {note}" for note in document.get("notes", [])]
     return "\n".join(lines) + "\n"
+
+
+def sha_diffs(reference: dict[str, Any], other: dict[str, Any]) -> dict[str, list[str]]:
+    found = {}
+    for name, run in other["runs"].items():
+        theirs = reference["runs"][name].get("sha256", {})
+        changed = [k for k, v in run.get("sha256", {}).items() if theirs.get(k) != v]
+        if changed:
+            found[name] = changed
+    return found
 
 
 def main() -> int:
@@ -147,6 +162,7 @@ def main() -> int:
     document["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)
     reference = document["matrix"][0]
     document["identical"] = {m["label"]: same_bytes(reference, m) for m in document["matrix"][1:]}
+    document["matrix_sha_diffs"] = {m["label"]: sha_diffs(reference, m) for m in document["matrix"][1:]}
     stem = f"{document['date']}-{machine.slug(described)}-ray-suite"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(document, indent=2) + "\n")

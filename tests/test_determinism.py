@@ -55,3 +55,39 @@ def test_demo_model_has_the_same_sha256_when_trained_and_saved_twice(tmp_path):
     loaded = load_model(paths[0])
     x = np.random.default_rng(0).uniform(0, 1, (4, 8, 8, 1)).astype(np.float32)
     assert np.array_equal(loaded.predict(x, verbose=0), models[0].predict(x, verbose=0))
+
+
+EXPORT_IN_A_FRESH_PROCESS = """
+import hashlib, sys
+from pathlib import Path
+from toolchain.keras_io import load_model
+from toolchain.stages.export_onnx import export_onnx
+path = export_onnx(load_model(Path(sys.argv[1])), Path(sys.argv[2]))
+print(hashlib.sha256(path.read_bytes()).hexdigest())
+"""
+
+
+@pytest.mark.heavy
+def test_onnx_of_a_model_with_repeated_constants_is_the_same_in_every_process(tmp_path):
+    """MobileNetV3's hard-swish blocks repeat the same constants (3, 6, 1/6): TensorFlow and tf2onnx
+    keep a different copy each run, which gave a different file per process; constants named by
+    content make it one file."""
+    import os
+    import subprocess
+    import sys
+
+    import keras
+    import onnx
+
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV3Small(weights=None, input_shape=(96, 96, 3))
+    model.save(tmp_path / "mnv3.keras")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    digests = [subprocess.run([sys.executable, "-c", EXPORT_IN_A_FRESH_PROCESS, str(tmp_path / "mnv3.keras"),
+                               str(tmp_path / f"run{i}.onnx")], capture_output=True, text=True, env=env,
+                              timeout=600, check=True).stdout.split()[-1] for i in range(3)]
+    assert len(set(digests)) == 1, digests
+    graph = onnx.load(str(tmp_path / "run0.onnx")).graph
+    names = [i.name for i in graph.initializer]
+    assert names == sorted(names) and all(name.startswith("const_") for name in names)
+    assert len(set(names)) == len(names)

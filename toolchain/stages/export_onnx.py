@@ -10,7 +10,7 @@ from ..config import DEFAULT_ONNX_OPSET, ONNX_RECIPES
 from ..errors import ConfigError, StageError
 from ..fileio import atomic_output
 from ..keras_io import as_functional, check_outputs_kept, frozen_serving_function, output_names
-from .onnx_canonical import name_constants_by_content
+from .onnx_canonical import canonical_names
 
 MIN_OPSET = 13
 
@@ -101,7 +101,7 @@ def _convert(model: Any, recipe: str, batch_size: int | None, opset: int, nchw: 
         ) from e
     # tf2onnx writes "converted from b'__inference_named_980'", a process-wide TF function counter
     model_proto.graph.doc_string = f"converted from Keras model '{model.name}' by tf2onnx"
-    name_constants_by_content(model_proto)
+    canonical_names(model_proto)
     return model_proto, nchw_inputs
 
 
