@@ -231,6 +231,22 @@ def test_hard_swish_as_mul_is_not_refused_and_xnnpack_takes_it_in_int8(tmp_path)
     assert found["as_mul"]["xnnpack"] == {"partitions": 1, "outside_delegate": {}}
 
 
+def test_hard_swish_rewrite_keeps_the_input_names_of_an_unnamed_input():
+    """keras.applications build their input without a name (layer 'input_layer', tensor 'keras_tensor'):
+    the rewritten model must take the same input names, or verify sees no input it knows."""
+    import keras
+
+    from toolchain.keras_io import input_signature
+    from toolchain.optimize.rewrite import hard_swish_as_mul
+
+    unnamed = keras.Input((8, 8, 4))
+    x = keras.layers.Activation("hard_swish", name="hs")(keras.layers.Conv2D(4, 1, name="conv")(unnamed))
+    model = keras.Model(unnamed, x)
+    rewritten = hard_swish_as_mul(model)
+    assert [s.name for s in input_signature(rewritten)] == [s.name for s in input_signature(model)]
+    assert "hs_as_mul" in [layer.name for layer in rewritten.layers]
+
+
 def test_worst_int8_layers_are_kept_in_float(mnv3_digits, tmp_path):
     """The keep-float candidate names the Keras layers whose ops have the largest int8 error."""
     from toolchain.artifact_info import describe

@@ -39,7 +39,15 @@ def hard_swish_as_mul(model: Any) -> Any:
             return HardSwishAsMul(name=f"{layer.name}_as_mul")(*args, **kwargs)
         return layer(*args, **kwargs)
 
-    return keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call_function)
+    from ..keras_io import input_signature
+
+    # new inputs named as the model's: cloned InputLayers would be named after their tensors (keras_tensor)
+    names = [spec.name for spec in input_signature(model)]
+    inputs = [keras.Input(shape=tensor.shape[1:], batch_size=tensor.shape[0], dtype=tensor.dtype, name=name)
+              for tensor, name in zip(model.inputs, names, strict=True)]
+    structured = keras.tree.pack_sequence_as(model.input, inputs)  # the model's own nesting (a tensor, a list...)
+    return keras.models.clone_model(model, input_tensors=structured, clone_function=lambda layer: layer,
+                                    call_function=call_function)
 
 
 def apply_rewrite(model: Any, rewrite: str | None) -> Any:
