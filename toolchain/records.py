@@ -269,6 +269,8 @@ class OptimizeResult(Record):
     backend: str | None = None
     cached: bool | None = None
     session_options: dict[str, Any] | None = None
+    p50_first_ms: float | None = None  # the first full measurement, when a confirmation round re-measured it
+    confirm_p50s_ms: list[float] | None = None  # that measurement and the confirmation rounds; p50_ms is their median
 
 
 class OptimizeRecommendation(Record):
